@@ -1,0 +1,1 @@
+//! The locker Concourse resource.

@@ -1,0 +1,1 @@
+//! The locker lock server.
