@@ -1,1 +1,84 @@
-//! The locker Concourse resource.
+//! The locker Concourse resource: `check`, `in` and `out` for locks on a locker server.
+//!
+//! # Layout
+//! - [`protocol`]: what Concourse writes on stdin and reads on stdout.
+//! - [`config`]: the `source` and `params`, validated with messages that name the key.
+//! - [`client`]: HTTP to the locker server (ureq, rustls) and the BOSH director lookup.
+//! - [`backoff`]: full-jitter exponential back-off between attempts.
+//! - [`duration`]: durations as pipelines write them.
+//! - [`build_env`]: the build variables, for log lines.
+//! - [`check`], [`get`] and [`put`]: the three commands; `src/bin/{check,in,out}.rs` only read
+//!   stdin, argv and the environment, call these and print.
+
+pub mod backoff;
+pub mod build_env;
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod duration;
+pub mod get;
+pub mod protocol;
+pub mod put;
+
+use thiserror::Error;
+
+pub use build_env::BuildEnv;
+use client::{ClientError, RequestError};
+use config::{ConfigError, LockTarget, Source};
+use protocol::ProtocolError;
+
+/// Why a command failed; the binaries print it as `error: ...`.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// stdin is not what Concourse sends.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A mistake in `source` or `params`.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be set up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A request to the locker server failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The BOSH director's name could not be read.
+    #[error("could not read the lock name from source.bosh_lock: {0}")]
+    Director(RequestError),
+    /// The server refused to unlock: another key holds the lock.
+    #[error("could not unlock '{name}': {message}")]
+    Refused {
+        /// The lock.
+        name: String,
+        /// The server's text, naming who holds it.
+        message: String,
+    },
+    /// `params.timeout` passed.
+    #[error("timed out after {timeout} trying to {op} '{name}': {reason}")]
+    TimedOut {
+        /// `lock` or `unlock`.
+        op: &'static str,
+        /// The lock.
+        name: String,
+        /// The timeout, formatted.
+        timeout: String,
+        /// Why the last attempt did not succeed.
+        reason: String,
+    },
+    /// A file could not be written.
+    #[error("could not write {path}: {cause}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+/// The name of the lock `source` stands for; asks the BOSH director for `bosh_lock`.
+pub fn resolve_lock_name(source: &Source) -> Result<String, Error> {
+    match &source.lock {
+        LockTarget::Name(name) => Ok(name.clone()),
+        LockTarget::BoshDirector(url) => client::director_name(url).map_err(Error::Director),
+    }
+}

@@ -1,0 +1,545 @@
+//! HTTP to the locker server (and the one call to a BOSH director), on `ureq` with rustls.
+//!
+//! Every request has a 10 s connect timeout and a 60 s overall timeout, sends
+//! `User-Agent: locker-resource/<version>` and basic auth when configured. Errors say whether they
+//! are worth retrying ([`RequestError::is_transient`]): a server that restarts or is briefly
+//! unreachable must not fail a waiting build, while a bad certificate or a 401 will not heal.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use crate::config::{MAX_LOCK_NAME_BYTES, Source};
+
+/// How the resource introduces itself to servers.
+pub const USER_AGENT: &str = concat!("locker-resource/", env!("CARGO_PKG_VERSION"));
+
+/// Where Concourse mounts the worker's certificates in resource containers.
+pub const SYSTEM_CERT_DIR: &str = "/etc/ssl/certs";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Characters kept as they are in a path segment (RFC 3986 "unreserved"); all else is encoded.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A lock as the server describes it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Lock {
+    /// The key holding the lock, empty when free.
+    #[serde(default)]
+    pub key: String,
+    /// Requestor to number of claims.
+    #[serde(default)]
+    pub locked_by: BTreeMap<String, u64>,
+    /// The server's revision counter at the lock's last change.
+    #[serde(default)]
+    pub revision: u64,
+    /// When the current key took the lock (RFC 3339), `None` when free.
+    #[serde(default)]
+    pub locked_at: Option<String>,
+    /// The object exactly as the server sent it, fields this version does not know included.
+    #[serde(skip)]
+    pub json: Value,
+}
+
+impl Lock {
+    fn from_json(json: Value) -> Result<Self, serde_json::Error> {
+        let mut lock: Lock = serde_json::from_value(json.clone())?;
+        lock.json = json;
+        Ok(lock)
+    }
+
+    /// Whether no key holds the lock.
+    pub fn is_free(&self) -> bool {
+        self.key.is_empty() || self.locked_by.is_empty()
+    }
+
+    /// The holders as a JSON object (`{"build-7": 2}`), as shown in metadata and files.
+    pub fn holders_json(&self) -> String {
+        serde_json::to_string(&self.locked_by).unwrap_or_default()
+    }
+
+    /// The holders for a log line: `'build-7' (2 claims), 'build-8' (1 claim)`.
+    pub fn holders_text(&self) -> String {
+        if self.locked_by.is_empty() {
+            return "nobody".to_owned();
+        }
+        self.locked_by
+            .iter()
+            .map(|(who, count)| {
+                let plural = if *count == 1 { "" } else { "s" };
+                format!("'{who}' ({count} claim{plural})")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A claim on a lock: the key and who claims with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The requestor.
+    pub locked_by: &'a str,
+}
+
+/// The server's answer to a lock or unlock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimAnswer {
+    /// 200: done; `lock` is the state after the change.
+    Done {
+        /// The server's `response` text.
+        message: String,
+        /// The lock after the change.
+        lock: Lock,
+    },
+    /// 423: another key holds the lock.
+    Locked {
+        /// The server's `error` text, naming who holds it.
+        message: String,
+        /// The lock as it is.
+        lock: Lock,
+    },
+}
+
+/// A request that did not get a usable answer.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// No answer: connection refused or reset, timeout, DNS. Worth retrying.
+    #[error("could not reach {url}: {cause}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The TLS handshake failed, usually an untrusted certificate.
+    #[error(
+        "TLS connection to {url} failed: {cause} (set source.ca_cert to the server's CA certificate, \
+             or source.skip_ssl_validation to true)"
+    )]
+    Tls {
+        /// The URL asked.
+        url: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The request could not be made at all (a malformed URL).
+    #[error("could not ask {url}: {cause}")]
+    Invalid {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The server answered with an error status.
+    #[error("{url} answered {status}: {message}")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's `error` text, or the start of its body.
+        message: String,
+    },
+    /// The server answered something that is not the locker API's JSON.
+    #[error("{url} answered {status} with a body the locker API does not describe: {cause}")]
+    BadAnswer {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// What was wrong with it.
+        cause: String,
+    },
+}
+
+impl RequestError {
+    /// Whether trying again later may succeed: the server was unreachable, or answered
+    /// 5xx, 408 or 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RequestError::Unreachable { .. } => true,
+            RequestError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            RequestError::Tls { .. }
+            | RequestError::Invalid { .. }
+            | RequestError::BadAnswer { .. } => false,
+        }
+    }
+}
+
+/// Setting up the client failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// `ca_cert` could not be read.
+    #[error("source.ca_cert is not a valid PEM certificate: {0}")]
+    BadCaCert(String),
+}
+
+/// Talks to one locker server.
+#[derive(Debug)]
+pub struct LockerClient {
+    agent: ureq::Agent,
+    base_url: String,
+    authorization: Option<String>,
+}
+
+impl LockerClient {
+    /// A client for the server in `source`, trusting Mozilla's roots, the certificates under
+    /// [`SYSTEM_CERT_DIR`] and `source.ca_cert`.
+    pub fn new(source: &Source) -> Result<Self, ClientError> {
+        Self::with_cert_dir(source, Path::new(SYSTEM_CERT_DIR))
+    }
+
+    /// As [`LockerClient::new`], reading the extra trusted certificates from `cert_dir`.
+    pub fn with_cert_dir(source: &Source, cert_dir: &Path) -> Result<Self, ClientError> {
+        let tls = if source.skip_ssl_validation {
+            TlsConfig::builder().disable_verification(true).build()
+        } else if source.locker_uri.starts_with("https://") {
+            let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|der| Certificate::from_der(der.as_ref()))
+                .collect();
+            roots.extend(certificates_in_dir(cert_dir));
+            if let Some(pem) = &source.ca_cert {
+                roots.extend(pem_certificates(pem.as_bytes()).map_err(ClientError::BadCaCert)?);
+            }
+            TlsConfig::builder()
+                .root_certs(RootCerts::from(roots))
+                .build()
+        } else {
+            TlsConfig::default()
+        };
+        let authorization = source.credentials.as_ref().map(|credentials| {
+            let pair = format!("{}:{}", credentials.username, credentials.password);
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        });
+        Ok(Self {
+            agent: agent(tls),
+            base_url: source.locker_uri.clone(),
+            authorization,
+        })
+    }
+
+    /// The URL of a lock, its name percent-encoded as one path segment.
+    pub fn lock_url(&self, name: &str) -> String {
+        format!(
+            "{}/lock/{}",
+            self.base_url,
+            utf8_percent_encode(name, PATH_SEGMENT)
+        )
+    }
+
+    /// `GET /lock/{name}`: the lock's current state.
+    pub fn get_lock(&self, name: &str) -> Result<Lock, RequestError> {
+        let url = self.lock_url(name);
+        let request = self.authorized(self.agent.get(&url));
+        let (status, body) = exchange(&url, request.call())?;
+        if status != 200 {
+            return Err(status_error(&url, status, &body));
+        }
+        let json = parse_json(&url, status, &body)?;
+        Lock::from_json(json).map_err(|err| bad_answer(&url, status, err))
+    }
+
+    /// `PUT /lock/{name}`: claim the lock.
+    pub fn lock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
+        let url = self.lock_url(name);
+        let request = self.authorized(self.agent.put(&url));
+        claim_answer(&url, request.send_json(claim))
+    }
+
+    /// `DELETE /lock/{name}`: release one claim.
+    pub fn unlock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
+        let url = self.lock_url(name);
+        let request = self.authorized(self.agent.delete(&url).force_send_body());
+        claim_answer(&url, request.send_json(claim))
+    }
+
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        }
+    }
+}
+
+/// The `name` of a BOSH director, read from `<director_url>/info`.
+///
+/// Certificate checks are skipped for this one call, as the original resource did: directors
+/// usually have self-signed certificates, and the name only picks which lock to use.
+pub fn director_name(director_url: &str) -> Result<String, RequestError> {
+    let url = format!("{}/info", director_url.trim_end_matches('/'));
+    let agent = agent(TlsConfig::builder().disable_verification(true).build());
+    let (status, body) = exchange(&url, agent.get(&url).call())?;
+    if status != 200 {
+        return Err(status_error(&url, status, &body));
+    }
+    let json = parse_json(&url, status, &body)?;
+    match json.get("name") {
+        Some(Value::String(name)) if !name.is_empty() && name.len() <= MAX_LOCK_NAME_BYTES => {
+            Ok(name.clone())
+        }
+        _ => Err(RequestError::BadAnswer {
+            url,
+            status,
+            cause: format!(
+                "expected a non-empty \"name\" of at most {MAX_LOCK_NAME_BYTES} bytes, the director's name"
+            ),
+        }),
+    }
+}
+
+fn agent(tls: TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .user_agent(USER_AGENT)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .tls_config(tls)
+        .build()
+        .new_agent()
+}
+
+/// Sends a request and reads the whole answer.
+fn exchange(
+    url: &str,
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, String), RequestError> {
+    let mut response = sent.map_err(|err| classify(url, err))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|err| classify(url, err))?;
+    Ok((status, body))
+}
+
+fn claim_answer(
+    url: &str,
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ClaimAnswer, RequestError> {
+    let (status, body) = exchange(url, sent)?;
+    if status != 200 && status != 423 {
+        return Err(status_error(url, status, &body));
+    }
+    let json = parse_json(url, status, &body)?;
+    let text_field = if status == 200 { "response" } else { "error" };
+    let message = json
+        .get(text_field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let lock = json
+        .get("lock")
+        .cloned()
+        .ok_or_else(|| bad_answer(url, status, "it has no \"lock\""))
+        .and_then(|lock| Lock::from_json(lock).map_err(|err| bad_answer(url, status, err)))?;
+    Ok(if status == 200 {
+        ClaimAnswer::Done { message, lock }
+    } else {
+        ClaimAnswer::Locked { message, lock }
+    })
+}
+
+fn parse_json(url: &str, status: u16, body: &str) -> Result<Value, RequestError> {
+    serde_json::from_str(body).map_err(|err| bad_answer(url, status, err))
+}
+
+fn bad_answer(url: &str, status: u16, cause: impl ToString) -> RequestError {
+    RequestError::BadAnswer {
+        url: url.to_owned(),
+        status,
+        cause: cause.to_string(),
+    }
+}
+
+/// An error status, with the server's `error` text when the body is the API's JSON, otherwise
+/// the start of the body (a proxy's error page, say).
+fn status_error(url: &str, status: u16, body: &str) -> RequestError {
+    let from_json = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|json| json.get("error").and_then(Value::as_str).map(str::to_owned));
+    let message = from_json.unwrap_or_else(|| {
+        let text: String = body.trim().chars().take(200).collect();
+        if text.is_empty() {
+            "(no body)".to_owned()
+        } else {
+            text
+        }
+    });
+    RequestError::Status {
+        url: url.to_owned(),
+        status,
+        message,
+    }
+}
+
+fn classify(url: &str, err: ureq::Error) -> RequestError {
+    let url = url.to_owned();
+    let cause = err.to_string();
+    let is_tls = match &err {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    };
+    if is_tls {
+        return RequestError::Tls { url, cause };
+    }
+    match err {
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl => {
+            RequestError::Invalid { url, cause }
+        }
+        _ => RequestError::Unreachable { url, cause },
+    }
+}
+
+/// Every certificate in the PEM files of a directory; unreadable files and non-PEM content
+/// are skipped, as are duplicates (Debian links each certificate beside its bundle).
+fn certificates_in_dir(dir: &Path) -> Vec<Certificate<'static>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    let mut certificates = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        for item in ureq::tls::parse_pem(&bytes).flatten() {
+            if let PemItem::Certificate(certificate) = item
+                && seen.insert(certificate.der().to_vec())
+            {
+                certificates.push(certificate);
+            }
+        }
+    }
+    certificates
+}
+
+fn pem_certificates(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        if let PemItem::Certificate(certificate) = item.map_err(|err| err.to_string())? {
+            certificates.push(certificate);
+        }
+    }
+    Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn client(uri: &str) -> LockerClient {
+        let source = Source::from_json(&json!({"locker_uri": uri, "lock_name": "x"})).unwrap();
+        LockerClient::new(&source).unwrap()
+    }
+
+    #[test]
+    fn lock_names_are_one_percent_encoded_path_segment() {
+        let client = client("http://locker:3000/");
+        assert_eq!(client.lock_url("prod"), "http://locker:3000/lock/prod");
+        assert_eq!(
+            client.lock_url("a/b c?d#e%f"),
+            "http://locker:3000/lock/a%2Fb%20c%3Fd%23e%25f"
+        );
+        assert_eq!(
+            client.lock_url("~x-y_z.1"),
+            "http://locker:3000/lock/~x-y_z.1"
+        );
+        assert_eq!(
+            client.lock_url("🔒"),
+            "http://locker:3000/lock/%F0%9F%94%92"
+        );
+    }
+
+    #[test]
+    fn transient_errors_are_the_ones_worth_retrying() {
+        let status = |status| RequestError::Status {
+            url: "u".to_owned(),
+            status,
+            message: "m".to_owned(),
+        };
+        for code in [500, 502, 503, 408, 429] {
+            assert!(status(code).is_transient(), "{code} should be retried");
+        }
+        for code in [400, 401, 403, 404, 405, 413] {
+            assert!(!status(code).is_transient(), "{code} should fail at once");
+        }
+        assert!(
+            RequestError::Unreachable {
+                url: "u".to_owned(),
+                cause: "refused".to_owned()
+            }
+            .is_transient()
+        );
+        assert!(
+            !RequestError::Tls {
+                url: "u".to_owned(),
+                cause: "bad cert".to_owned()
+            }
+            .is_transient()
+        );
+    }
+
+    #[test]
+    fn status_errors_carry_the_servers_text() {
+        let err = status_error("u", 401, r#"{"error":"Please Authenticate"}"#);
+        assert_eq!(err.to_string(), "u answered 401: Please Authenticate");
+        let err = status_error("u", 502, "<html>Bad Gateway</html>\n");
+        assert_eq!(err.to_string(), "u answered 502: <html>Bad Gateway</html>");
+        let err = status_error("u", 500, "");
+        assert_eq!(err.to_string(), "u answered 500: (no body)");
+    }
+
+    #[test]
+    fn locks_keep_the_servers_json_and_describe_holders() {
+        let json = json!({"key": "k", "locked_by": {"a": 2, "b": 1}, "revision": 7,
+                          "locked_at": "2024-01-01T00:00:00Z", "future": true});
+        let lock = Lock::from_json(json.clone()).unwrap();
+        assert_eq!(lock.revision, 7);
+        assert_eq!(lock.json, json);
+        assert!(!lock.is_free());
+        assert_eq!(lock.holders_json(), r#"{"a":2,"b":1}"#);
+        assert_eq!(lock.holders_text(), "'a' (2 claims), 'b' (1 claim)");
+
+        let free =
+            Lock::from_json(json!({"key": "", "locked_by": {}, "revision": 0, "locked_at": null}))
+                .unwrap();
+        assert!(free.is_free());
+        assert_eq!(free.holders_text(), "nobody");
+    }
+
+    #[test]
+    fn reads_certificates_from_a_directory_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let pem = certified.cert.pem();
+        std::fs::write(dir.path().join("one.pem"), &pem).unwrap();
+        std::fs::write(dir.path().join("copy.crt"), &pem).unwrap();
+        std::fs::write(dir.path().join("junk"), "not a certificate").unwrap();
+        assert_eq!(certificates_in_dir(dir.path()).len(), 1);
+        assert!(certificates_in_dir(&dir.path().join("missing")).is_empty());
+    }
+}
