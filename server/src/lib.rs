@@ -1,1 +1,20 @@
-//! The locker lock server.
+//! The locker lock server: mutual exclusion for Concourse pipelines over HTTP.
+//!
+//! # Layout
+//! - [`rules`]: the lock rules, a pure state machine (no I/O, time passed in).
+//! - [`names`]: what a lock name, key or requestor may be.
+//! - [`state_file`]: the YAML state file, the original server's JSON, and atomic replacement.
+//! - [`store`]: the writer thread that group-commits changes and publishes them once durable.
+//! - [`http`]: the HTTP API (poem), wire-compatible with the original server.
+//! - [`config`]: configuration from the environment.
+//! - [`server`]: start-up, TLS, graceful shutdown.
+//! - [`healthcheck`]: the `locker healthcheck` probe for container runtimes.
+
+pub mod config;
+pub mod healthcheck;
+pub mod http;
+pub mod names;
+pub mod rules;
+pub mod server;
+pub mod state_file;
+pub mod store;

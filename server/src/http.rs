@@ -1,0 +1,399 @@
+//! The HTTP API, wire-compatible with the original locker server.
+//!
+//! Routes, request parsing and response shapes live here; decisions are the lock rules',
+//! durability the store's. Every answer is JSON, errors included.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::{StatusCode, header};
+use poem::web::headers::authorization::Basic;
+use poem::web::headers::{Authorization, HeaderMapExt};
+use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::Credentials;
+use crate::names;
+use crate::rules::{Claim, Decision, Lock, Op, Verdict};
+use crate::state_file::LockView;
+use crate::store::{LockStore, Request as LockRequest, StoreError};
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The fields a lock or unlock body may have.
+const BODY_FIELDS: &str = "key, locked_by, lock_by, requestor";
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// Builds the whole HTTP application.
+pub fn app(store: LockStore, auth: Option<Credentials>) -> impl Endpoint<Output = Response> {
+    let auth = auth.map(Arc::new);
+    Route::new()
+        .at("/healthz", get(healthz))
+        .at("/openapi.yaml", get(openapi))
+        .at("/locks", get(list_locks))
+        .at(
+            "/lock/*name",
+            get(show_lock).put(lock_handler).delete(unlock_handler),
+        )
+        .data(store)
+        .catch_all_error(|err: poem::Error| async move {
+            let status = err.status();
+            let message = match status {
+                StatusCode::NOT_FOUND => {
+                    "no such endpoint (expected /lock/NAME, /locks or /healthz)".to_string()
+                }
+                StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this path".to_string(),
+                _ => err.to_string(),
+            };
+            error_response(status, &message)
+        })
+        .around(move |ep, req| {
+            let auth = auth.clone();
+            async move {
+                if let Some(expected) = auth.as_deref() {
+                    if req.uri().path() != "/healthz" && !authorized(&req, expected) {
+                        let mut resp = error_response(StatusCode::UNAUTHORIZED, "Please Authenticate");
+                        resp.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            header::HeaderValue::from_static("Basic realm=\"locker\""),
+                        );
+                        return Ok(resp);
+                    }
+                }
+                ep.call(req).await
+            }
+        })
+        .around(|ep, req| async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let resp = ep.call(req).await?;
+            tracing::info!(
+                "{method} {path} {} {:.3}ms",
+                resp.status().as_u16(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            Ok(resp)
+        })
+}
+
+/// Compares the request's basic auth with the expected credentials in constant time.
+fn authorized(req: &Request, expected: &Credentials) -> bool {
+    let Some(Authorization(basic)) = req.headers().typed_get::<Authorization<Basic>>() else {
+        return false;
+    };
+    let user_ok = constant_time_eq(basic.username().as_bytes(), expected.user.as_bytes());
+    let pass_ok = constant_time_eq(basic.password().as_bytes(), expected.pass.as_bytes());
+    user_ok & pass_ok
+}
+
+/// Equality whose running time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[handler]
+fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+#[handler]
+fn openapi() -> Response {
+    Response::builder()
+        .content_type("application/yaml")
+        .body(OPENAPI)
+}
+
+#[handler]
+fn list_locks(store: poem::web::Data<&LockStore>) -> Response {
+    let body = store.read(|table| {
+        let view: BTreeMap<&str, LockView> = table
+            .locks
+            .iter()
+            .map(|(name, lock)| (name.as_str(), LockView(lock)))
+            .collect();
+        serde_json::to_vec(&view)
+    });
+    match body {
+        Ok(body) => json_bytes(StatusCode::OK, body),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[handler]
+fn show_lock(req: &Request, store: poem::web::Data<&LockStore>) -> Response {
+    match lock_name(req) {
+        Ok(name) => {
+            let lock = store.read(|table| table.get(&name));
+            json_response(StatusCode::OK, &LockView(&lock))
+        }
+        Err(resp) => resp,
+    }
+}
+
+#[handler]
+async fn lock_handler(req: &Request, body: Body, store: poem::web::Data<&LockStore>) -> Response {
+    change(req, body, &store, Op::Lock).await
+}
+
+#[handler]
+async fn unlock_handler(req: &Request, body: Body, store: poem::web::Data<&LockStore>) -> Response {
+    change(req, body, &store, Op::Unlock).await
+}
+
+async fn change(req: &Request, body: Body, store: &LockStore, op: Op) -> Response {
+    let name = match lock_name(req) {
+        Ok(name) => name,
+        Err(resp) => return resp,
+    };
+    let claim = match read_claim(req, body).await {
+        Ok(claim) => claim,
+        Err(resp) => return resp,
+    };
+    let request = LockRequest {
+        name: name.clone(),
+        op,
+        claim: claim.clone(),
+    };
+    match store.submit(request).await {
+        Ok(decision) => decision_response(&name, &claim, &decision),
+        Err(e @ StoreError::NotPersisted(_)) | Err(e @ StoreError::Stopped) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}
+
+/// The lock name from the raw (still percent-encoded) path.
+fn lock_name(req: &Request) -> Result<String, Response> {
+    let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
+    names::lock_name_from_path(segment).map_err(|e| error_response(StatusCode::BAD_REQUEST, &e))
+}
+
+/// Reads and checks a lock/unlock body, whatever its Content-Type says.
+async fn read_claim(req: &Request, body: Body) -> Result<Claim, Response> {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is larger than {MAX_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes = match body.into_bytes_limit(MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(too_large()),
+        Err(e) => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    parse_claim(&bytes).map_err(|e| error_response(StatusCode::BAD_REQUEST, &e))
+}
+
+/// Parses `{"key": K, "locked_by"|"lock_by"|"requestor": R}`; the requestor defaults to the key.
+pub fn parse_claim(bytes: &[u8]) -> Result<Claim, String> {
+    let example = r#"send JSON like {"key": "my-key", "locked_by": "my-job"}"#;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("request body is empty; {example}"));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("request body is not valid JSON ({e}); {example}"))?;
+    let Value::Object(fields) = value else {
+        return Err(format!("request body must be a JSON object; {example}"));
+    };
+    let unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !matches!(*k, "key" | "locked_by" | "lock_by" | "requestor"))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown field(s) in request body: {} (expected: {BODY_FIELDS})",
+            unknown.join(", ")
+        ));
+    }
+    let text = |field: &str| -> Result<Option<String>, String> {
+        match fields.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => {
+                names::check_text(&format!("field '{field}'"), s)?;
+                Ok(Some(s.clone()))
+            }
+            Some(other) => Err(format!(
+                "field '{field}' must be a string, not {}",
+                json_type(other)
+            )),
+        }
+    };
+    let key = text("key")?.ok_or_else(|| format!("field 'key' is required; {example}"))?;
+    let mut requestor: Option<String> = None;
+    for field in ["locked_by", "lock_by", "requestor"] {
+        if let Some(r) = text(field)? {
+            if requestor.as_ref().is_some_and(|prev| *prev != r) {
+                return Err(
+                    "locked_by, lock_by and requestor name the same thing; they disagree here"
+                        .into(),
+                );
+            }
+            requestor = Some(r);
+        }
+    }
+    let requestor = requestor.unwrap_or_else(|| key.clone());
+    Ok(Claim { key, requestor })
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The answer to a lock or unlock, in the original server's shape.
+fn decision_response(name: &str, claim: &Claim, decision: &Decision) -> Response {
+    let lock = &decision.lock;
+    let (status, field, message) = match decision.verdict {
+        Verdict::Acquired => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "Lock for '{name}' acquired by '{}' using key '{}'",
+                claim.requestor, claim.key
+            ),
+        ),
+        Verdict::Released => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "Lock for '{name}' released by '{}' using key '{}'",
+                claim.requestor, claim.key
+            ),
+        ),
+        Verdict::NotHeld => (
+            StatusCode::OK,
+            "response",
+            format!("Lock for '{name}' is not held; nothing to release"),
+        ),
+        Verdict::NoClaim => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "'{}' holds no claim on lock '{name}' with key '{}'; nothing to release",
+                claim.requestor, claim.key
+            ),
+        ),
+        Verdict::HeldByOther => (
+            StatusCode::LOCKED,
+            "error",
+            format!(
+                "Lock for '{name}' is held by {} using key '{}', not '{}'",
+                holders(lock),
+                lock.key,
+                claim.key
+            ),
+        ),
+    };
+    json_response(status, &json!({ field: message, "lock": LockView(lock) }))
+}
+
+/// The holders of a lock for a message: `'a' (2), 'b'`.
+fn holders(lock: &Lock) -> String {
+    lock.locked_by
+        .iter()
+        .map(|(r, &c)| {
+            if c == 1 {
+                format!("'{r}'")
+            } else {
+                format!("'{r}' ({c})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A JSON error body with `status`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    json_response(status, &json!({ "error": message }))
+}
+
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_bytes(status, body),
+        Err(e) => Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(format!("{{\"error\":\"{e}\"}}")),
+    }
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requestor_spellings_and_default() {
+        let c = parse_claim(br#"{"key":"k"}"#).unwrap();
+        assert_eq!((c.key.as_str(), c.requestor.as_str()), ("k", "k"));
+        for field in ["locked_by", "lock_by", "requestor"] {
+            let body = format!(r#"{{"key":"k","{field}":"r"}}"#);
+            assert_eq!(parse_claim(body.as_bytes()).unwrap().requestor, "r");
+        }
+    }
+
+    #[test]
+    fn bad_bodies_name_the_problem() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"", "empty"),
+            (b"key=k", "not valid JSON"),
+            (b"[1]", "JSON object"),
+            (br#"{"key":"k","lokc_by":"x"}"#, "unknown field(s) in request body: lokc_by"),
+            (br#"{"key":1}"#, "'key' must be a string, not a number"),
+            (br#"{"locked_by":"r"}"#, "'key' is required"),
+            (br#"{"key":""}"#, "'key' must not be empty"),
+            (br#"{"key":"k","lock_by":"a","locked_by":"b"}"#, "disagree"),
+            (b"\xff\xfe", "not valid JSON"),
+        ];
+        for (body, expected) in cases {
+            let err = parse_claim(body).unwrap_err();
+            assert!(err.contains(expected), "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,86 @@
+//! What a lock name, key or requestor may be, checked once at the edge.
+//!
+//! Names arrive percent-encoded in a URL path segment; keys and requestors in a JSON body.
+//! All three are compared byte for byte. Control characters are refused because they break
+//! log lines and terminals, and `.`/`..` because URL libraries resolve them away before the
+//! request is sent, so such a lock could never be addressed reliably.
+
+use percent_encoding::percent_decode_str;
+
+/// The longest lock name, key or requestor, in bytes.
+pub const MAX_LEN: usize = 512;
+
+/// Decodes and checks the lock name in a URL path segment (the part after `/lock/`).
+pub fn lock_name_from_path(segment: &str) -> Result<String, String> {
+    if segment.contains('/') {
+        return Err(format!(
+            "lock name '{segment}' contains '/': send a slash in a lock name as %2F"
+        ));
+    }
+    let decoded = percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| "lock name is not valid UTF-8 once percent-decoded".to_string())?;
+    if decoded == "." || decoded == ".." {
+        return Err(format!(
+            "lock name '{decoded}' is not allowed: URL clients remove '.' and '..' segments"
+        ));
+    }
+    check_text("lock name", &decoded)?;
+    Ok(decoded.into_owned())
+}
+
+/// Checks a lock name, key or requestor: non-empty, at most [`MAX_LEN`] bytes, no control characters.
+pub fn check_text(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if value.len() > MAX_LEN {
+        return Err(format!(
+            "{what} is {} bytes long; the limit is {MAX_LEN} bytes",
+            value.len()
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{what} contains the control character {:?}; control characters are not allowed",
+            c
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoded_names_are_decoded() {
+        assert_eq!(lock_name_from_path("a%2Fb").unwrap(), "a/b");
+        assert_eq!(lock_name_from_path("%20spaced%20").unwrap(), " spaced ");
+        assert_eq!(
+            lock_name_from_path("%C3%BCmlaut%20%F0%9F%9A%80").unwrap(),
+            "ümlaut 🚀"
+        );
+        assert_eq!(lock_name_from_path("bosh%2520x").unwrap(), "bosh%20x");
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_a_reason() {
+        let cases = [
+            ("a/b", "%2F"),
+            ("", "must not be empty"),
+            ("%00", "control character"),
+            ("a%0D%0Ab", "control character"),
+            ("..", "not allowed"),
+            ("%2E", "not allowed"),
+            ("%FF", "UTF-8"),
+        ];
+        for (input, expected) in cases {
+            let err = lock_name_from_path(input).unwrap_err();
+            assert!(err.contains(expected), "{input:?}: {err}");
+        }
+        let long = "x".repeat(MAX_LEN + 1);
+        assert!(lock_name_from_path(&long).unwrap_err().contains("limit is 512"));
+        assert!(lock_name_from_path(&"x".repeat(MAX_LEN)).is_ok());
+    }
+}

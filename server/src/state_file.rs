@@ -1,0 +1,503 @@
+//! The state file: where the lock table lives between runs, and how it is replaced safely.
+//!
+//! The file is YAML with a version header:
+//!
+//! ```yaml
+//! version: 1
+//! revision: 42
+//! locks:
+//!   prod:
+//!     key: deploy-1
+//!     locked_by:
+//!       pipeline-a: 1
+//!     revision: 42
+//!     locked_at: 2026-11-27T10:00:00.123Z
+//! ```
+//!
+//! The original Go server's file (JSON, `{"NAME": {"locked_by": {"R": 2}, "key": "K"}}`) is
+//! read as well and replaced by this format on the first change.
+//!
+//! Every write goes to a temporary file in the same directory, which is fsynced, renamed over
+//! the state file, and followed by an fsync of the directory, so the file on disk is always
+//! either the previous state or the new one. A sidecar `<file>.lock` is held with an exclusive
+//! lock for the life of the process; the state file itself can't carry the lock because each
+//! write replaces it with a new inode.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::names;
+use crate::rules::{Changes, Lock, LockTable};
+
+/// The format version this server writes and reads.
+pub const VERSION: u64 = 1;
+
+/// Why the state file could not be opened. Each message names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "state file {path} is in use by another locker server (it holds {lock}); stop that server or point LOCKER_CONFIG elsewhere"
+    )]
+    InUse { path: PathBuf, lock: PathBuf },
+    #[error("state file {path}: {action} failed: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "state file {path} is empty; a crash of the original server's in-place write leaves exactly that, so it is not taken as an empty table. To start with no locks on purpose, remove the file or write {{}} into it"
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "state file {path} could not be loaded: {reason}. The server did not start and left the file untouched; fix the file or restore it from a backup"
+    )]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Which format the file was in when it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// No file existed; an empty one was created.
+    Created,
+    /// This server's YAML format.
+    Current,
+    /// The original Go server's JSON.
+    Legacy,
+}
+
+/// An open, exclusively held state file.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    tmp_path: PathBuf,
+    dir: File,
+    _lock: File,
+    last_len: usize,
+}
+
+impl StateFile {
+    /// Takes the file's lock, then loads the table (creating an empty file if there is none).
+    pub fn open(path: &Path) -> Result<(StateFile, LockTable, Format), OpenError> {
+        let io_err = |action, source| OpenError::Io {
+            path: path.to_owned(),
+            action,
+            source,
+        };
+        let dir_path = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| OpenError::Invalid {
+                path: path.to_owned(),
+                reason: "the path names no file".into(),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let lock_path = dir_path.join(format!("{file_name}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("creating its lock file", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::InUse {
+                    path: path.to_owned(),
+                    lock: lock_path,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", e)),
+        }
+        let dir = File::open(&dir_path).map_err(|e| io_err("opening its directory", e))?;
+        let mut file = StateFile {
+            path: path.to_owned(),
+            tmp_path: dir_path.join(format!("{file_name}.tmp")),
+            dir,
+            _lock: lock,
+            last_len: 0,
+        };
+        // A temporary file left by an interrupted write was never renamed into place, so it
+        // holds nothing that was acknowledged.
+        match fs::remove_file(&file.tmp_path) {
+            Ok(()) => tracing::warn!(
+                "removed {} left by an interrupted write",
+                file.tmp_path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing the leftover temporary file", e)),
+        }
+        match fs::read(path) {
+            Ok(bytes) => {
+                file.last_len = bytes.len();
+                let (table, format) = parse(&bytes).map_err(|reason| match reason {
+                    ParseError::Empty => OpenError::Empty {
+                        path: path.to_owned(),
+                    },
+                    ParseError::Invalid(reason) => OpenError::Invalid {
+                        path: path.to_owned(),
+                        reason,
+                    },
+                })?;
+                Ok((file, table, format))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let table = LockTable::default();
+                file.write(&table, &Changes::default())
+                    .map_err(|e| io_err("creating", e))?;
+                Ok((file, table, Format::Created))
+            }
+            Err(e) => Err(io_err("reading", e)),
+        }
+    }
+
+    /// The path of the state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Durably replaces the file with `table` plus `changes`. Returns only once the new
+    /// content is on disk; on error the file still holds the previous state.
+    pub fn write(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(self.last_len + 4096);
+        serde_norway::to_writer(&mut buf, &Snapshot { table, changes }).map_err(io::Error::other)?;
+        let result = self.replace_with(&buf);
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp_path);
+        } else {
+            self.last_len = buf.len();
+        }
+        result
+    }
+
+    fn replace_with(&self, content: &[u8]) -> io::Result<()> {
+        let mut tmp = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.tmp_path)?;
+        tmp.write_all(content)?;
+        tmp.sync_all()?;
+        drop(tmp);
+        fs::rename(&self.tmp_path, &self.path)?;
+        self.dir.sync_all()
+    }
+}
+
+enum ParseError {
+    Empty,
+    Invalid(String),
+}
+
+/// Reads either format into a table and checks every lock.
+fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ParseError::Invalid(format!("it is not UTF-8 text ({e})")))?;
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let (table, format) = if trimmed.starts_with('{') {
+        let legacy: UniqueMap<LegacyLock> = serde_json::from_str(text).map_err(|e| {
+            ParseError::Invalid(format!("it looks like the original server's JSON, but {e}"))
+        })?;
+        let locks = legacy
+            .0
+            .into_iter()
+            .map(|(name, l)| {
+                let locked_by: BTreeMap<String, u64> =
+                    l.locked_by.0.into_iter().filter(|(_, c)| *c > 0).collect();
+                // The original cleared the key only on some paths; no holders means free.
+                let key = if locked_by.is_empty() {
+                    String::new()
+                } else {
+                    l.key
+                };
+                let lock = Lock {
+                    key,
+                    locked_by,
+                    revision: 0,
+                    locked_at: None,
+                };
+                (name, lock)
+            })
+            .collect();
+        (LockTable { revision: 0, locks }, Format::Legacy)
+    } else {
+        let stored: StoredState = serde_norway::from_str(text)
+            .map_err(|e| ParseError::Invalid(format!("it is not a valid version 1 file: {e}")))?;
+        if stored.version != VERSION {
+            return Err(ParseError::Invalid(format!(
+                "it has version {}, and this server reads version {VERSION} only",
+                stored.version
+            )));
+        }
+        let mut locks = BTreeMap::new();
+        for (name, l) in stored.locks.0 {
+            let locked_at = match l.locked_at {
+                None => None,
+                Some(s) => Some(humantime::parse_rfc3339(&s).map_err(|e| {
+                    ParseError::Invalid(format!("lock '{name}': locked_at '{s}' is not RFC 3339 ({e})"))
+                })?),
+            };
+            if l.revision > stored.revision {
+                return Err(ParseError::Invalid(format!(
+                    "lock '{name}' has revision {}, above the file's revision {}",
+                    l.revision, stored.revision
+                )));
+            }
+            let lock = Lock {
+                key: l.key,
+                locked_by: l.locked_by.0,
+                revision: l.revision,
+                locked_at,
+            };
+            locks.insert(name, lock);
+        }
+        (
+            LockTable {
+                revision: stored.revision,
+                locks,
+            },
+            Format::Current,
+        )
+    };
+    for (name, lock) in &table.locks {
+        names::check_text("lock name", name)
+            .and_then(|()| lock.check_invariants())
+            .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
+    }
+    Ok((table, format))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredState {
+    version: u64,
+    revision: u64,
+    locks: UniqueMap<StoredLock>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredLock {
+    key: String,
+    locked_by: UniqueMap<u64>,
+    revision: u64,
+    locked_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyLock {
+    locked_by: UniqueMap<u64>,
+    key: String,
+}
+
+/// A string-keyed map that refuses duplicate keys instead of keeping the last one.
+struct UniqueMap<V>(BTreeMap<String, V>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct UniqueVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map with unique keys")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key '{k}'")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(UniqueVisitor(PhantomData))
+    }
+}
+
+/// The whole file as written: the table with a batch's changes laid over it.
+struct Snapshot<'a> {
+    table: &'a LockTable,
+    changes: &'a Changes,
+}
+
+impl Serialize for Snapshot<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let revision = self.table.revision.max(self.changes.revision);
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("version", &VERSION)?;
+        map.serialize_entry("revision", &revision)?;
+        map.serialize_entry("locks", &MergedLocks(self))?;
+        map.end()
+    }
+}
+
+struct MergedLocks<'a>(&'a Snapshot<'a>);
+
+impl Serialize for MergedLocks<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let base = &self.0.table.locks;
+        let changed = &self.0.changes.locks;
+        let added = changed.keys().filter(|k| !base.contains_key(*k)).count();
+        let mut map = s.serialize_map(Some(base.len() + added))?;
+        let mut base_iter = base.iter().peekable();
+        let mut changed_iter = changed.iter().peekable();
+        // Both maps are sorted: merge them, the change winning on equal names.
+        loop {
+            let next = match (base_iter.peek(), changed_iter.peek()) {
+                (None, None) => break,
+                (Some(_), None) => base_iter.next(),
+                (None, Some(_)) => changed_iter.next(),
+                (Some((b, _)), Some((c, _))) => match b.cmp(c) {
+                    std::cmp::Ordering::Less => base_iter.next(),
+                    std::cmp::Ordering::Greater => changed_iter.next(),
+                    std::cmp::Ordering::Equal => {
+                        base_iter.next();
+                        changed_iter.next()
+                    }
+                },
+            };
+            if let Some((name, lock)) = next {
+                map.serialize_entry(name, &LockView(lock))?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// How a lock is written, in the state file and in the HTTP API alike.
+pub struct LockView<'a>(pub &'a Lock);
+
+impl Serialize for LockView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let lock = self.0;
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("key", &lock.key)?;
+        map.serialize_entry("locked_by", &lock.locked_by)?;
+        map.serialize_entry("revision", &lock.revision)?;
+        map.serialize_entry("locked_at", &lock.locked_at.map(rfc3339))?;
+        map.end()
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Claim, Op};
+
+    fn load(text: &str) -> Result<(LockTable, Format), String> {
+        parse(text.as_bytes()).map_err(|e| match e {
+            ParseError::Empty => "empty".to_string(),
+            ParseError::Invalid(r) => r,
+        })
+    }
+
+    #[test]
+    fn awkward_names_round_trip_through_yaml() {
+        let mut table = LockTable::default();
+        let names = [
+            "null", "~", "yes", "no", "1e3", "0x10", "- x", "#x", " spaced ", "a/b", "a: b",
+            "'q'", "\"dq\"", "🚀 ümlaut", "true", "[x]", "{x}", "*x", "&x", "!x", "%x", "@x",
+            "`x", "|", ">", "?", "-", ".inf", "2001-01-01",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let claim = Claim {
+                key: name.to_string(),
+                requestor: format!("{name}-{i}"),
+            };
+            table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+        }
+        let text = serde_norway::to_string(&Snapshot {
+            table: &table,
+            changes: &Changes::default(),
+        })
+        .unwrap();
+        let (loaded, format) = load(&text).unwrap();
+        assert_eq!(format, Format::Current);
+        assert_eq!(loaded, table, "written:\n{text}");
+    }
+
+    #[test]
+    fn changes_are_laid_over_the_table() {
+        let mut table = LockTable::default();
+        let claim = Claim {
+            key: "k".into(),
+            requestor: "r".into(),
+        };
+        table.apply("b", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+        let mut batch = table.batch();
+        batch.apply("a", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+        batch.apply("b", Op::Unlock, &claim, SystemTime::UNIX_EPOCH);
+        batch.apply("c", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+        let changes = batch.into_changes();
+        let text = serde_norway::to_string(&Snapshot {
+            table: &table,
+            changes: &changes,
+        })
+        .unwrap();
+        let mut expected = table.clone();
+        expected.commit(changes);
+        assert_eq!(load(&text).unwrap().0, expected);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let yaml = "version: 1\nrevision: 1\nlocks:\n  a: {key: k, locked_by: {r: 1}, revision: 1, locked_at: null}\n  a: {key: k, locked_by: {r: 1}, revision: 1, locked_at: null}\n";
+        assert!(load(yaml).unwrap_err().contains("duplicate key 'a'"));
+        let json = r#"{"a": {"locked_by": {}, "key": ""}, "a": {"locked_by": {}, "key": ""}}"#;
+        assert!(load(json).unwrap_err().contains("duplicate key 'a'"));
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_with_the_reason() {
+        let cases = [
+            ("version: 2\nrevision: 0\nlocks: {}\n", "version 2"),
+            ("version: 1\nrevision: 0\n", "missing field `locks`"),
+            ("version: 1\nrevision: 0\nlocks: {}\nextra: 1\n", "unknown field `extra`"),
+            ("- a\n- b\n", "not a valid version 1 file"),
+            (
+                "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {r: 1}, revision: 1, locked_at: null}\n",
+                "empty key",
+            ),
+            (
+                "version: 1\nrevision: 1\nlocks:\n  a: {key: k, locked_by: {}, revision: 1, locked_at: null}\n",
+                "no holders",
+            ),
+            (
+                "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {}, revision: 5, locked_at: null}\n",
+                "above the file's revision",
+            ),
+            (r#"{"a": {"locked_by": {"r": -1}, "key": "k"}}"#, "original server's JSON"),
+            (r#"{"a": 1}"#, "original server's JSON"),
+            ("\u{0}\u{1}garbage", "not a valid version 1 file"),
+        ];
+        for (text, expected) in cases {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: expected {expected:?} in {err:?}");
+        }
+        assert_eq!(load("  \n").unwrap_err(), "empty");
+    }
+}
