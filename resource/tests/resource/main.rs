@@ -1,0 +1,9 @@
+//! Integration tests: the real `check`, `in` and `out` binaries, fed JSON on stdin, against the
+//! real `locker` server started on a free port with a temporary state file.
+
+mod helpers;
+
+mod auth_and_tls;
+mod locking;
+mod protocol;
+mod waiting;
