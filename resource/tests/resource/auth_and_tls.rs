@@ -3,9 +3,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
+use locker_resource::client::LockerClient;
+use locker_resource::config::Source;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 
@@ -157,9 +159,9 @@ fn https_with_skip_ssl_validation_works_without_ca_cert() {
     assert_eq!(run_check(&source).json(), json!([locked["version"]]));
 }
 
-/// A fake BOSH director: answers every request on HTTPS, with a self-signed certificate, with
-/// `{"name": NAME, ...}` as `GET /info` does. Returns its URL.
-fn fake_director(name: &str) -> String {
+/// A fake BOSH director: answers `GET /info` on HTTPS, with a self-signed certificate, with
+/// `{"name": NAME, ...}` as a director does. Returns its URL and the requests' header lines.
+fn fake_director(name: &str) -> (String, Arc<Mutex<Vec<String>>>) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert = certified.cert.der().clone();
     let key =
@@ -176,6 +178,8 @@ fn fake_director(name: &str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let body = json!({"name": name, "uuid": "1234", "version": "280.0.0"}).to_string();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&requests);
     thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
             let Ok(connection) = rustls::ServerConnection::new(Arc::clone(&config)) else {
@@ -189,6 +193,7 @@ fn fake_director(name: &str) -> String {
             }
             let mut header = String::new();
             while reader.read_line(&mut header).is_ok_and(|read| read > 2) {
+                seen.lock().unwrap().push(header.trim_end().to_lowercase());
                 header.clear();
             }
             let (status, text) = if request_line.starts_with("GET /info ") {
@@ -207,13 +212,13 @@ fn fake_director(name: &str) -> String {
             let _ = tls.flush();
         }
     });
-    format!("https://localhost:{port}")
+    (format!("https://localhost:{port}"), requests)
 }
 
 #[test]
 fn bosh_lock_uses_the_directors_name() {
     let server = LockerServer::start();
-    let director = fake_director("my-director");
+    let (director, requests) = fake_director("my-director");
     let mut source = server.source("unused");
     source.as_object_mut().unwrap().remove("lock_name");
     source["bosh_lock"] = json!(director);
@@ -226,6 +231,29 @@ fn bosh_lock_uses_the_directors_name() {
         [("r".to_owned(), 1)].into()
     );
     assert_eq!(run_check(&source).json(), json!([locked["version"]]));
+    let user_agent = format!("user-agent: locker-resource/{}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        requests.lock().unwrap().contains(&user_agent),
+        "expected {user_agent:?} among the director's request headers: {:?}",
+        requests.lock().unwrap()
+    );
+}
+
+#[test]
+fn certificates_in_the_system_directory_are_trusted() {
+    let pki = TestPki::new();
+    let files = tempfile::tempdir().unwrap();
+    let server = https_server(&pki, files.path());
+    let source = Source::from_json(&server.source("env")).unwrap();
+    let cert_dir = tempfile::tempdir().unwrap();
+    let untrusted = LockerClient::with_cert_dir(&source, cert_dir.path()).unwrap();
+    assert!(
+        untrusted.get_lock("env").is_err(),
+        "the test CA must not be trusted yet"
+    );
+    std::fs::write(cert_dir.path().join("test-ca.pem"), &pki.ca_pem).unwrap();
+    let trusted = LockerClient::with_cert_dir(&source, cert_dir.path()).unwrap();
+    assert_eq!(trusted.get_lock("env").unwrap().revision, 0);
 }
 
 #[test]
