@@ -68,18 +68,20 @@ impl Config {
         };
         let port = match var("PORT") {
             None => DEFAULT_PORT,
-            Some(p) => p.trim().parse::<u16>().map_err(|_| {
-                format!("PORT={p:?} is not a port number (expected 0 to 65535)")
-            })?,
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| format!("PORT={p:?} is not a port number (expected 0 to 65535)"))?,
         };
         let auth = pair(var("AUTH_USER"), var("AUTH_PASS"), "AUTH_USER", "AUTH_PASS")?
             .map(|(user, pass)| Credentials { user, pass });
-        let tls = pair(var("SSL_CERT"), var("SSL_KEY"), "SSL_CERT", "SSL_KEY")?.map(
-            |(cert, key)| TlsFiles {
-                cert: cert.into(),
-                key: key.into(),
-            },
-        );
+        let tls =
+            pair(var("SSL_CERT"), var("SSL_KEY"), "SSL_CERT", "SSL_KEY")?.map(|(cert, key)| {
+                TlsFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                }
+            });
         Ok(Config {
             state_file,
             state_file_is_default,
@@ -105,8 +107,12 @@ fn pair(
     match (a, b) {
         (Some(a), Some(b)) => Ok(Some((a, b))),
         (None, None) => Ok(None),
-        (Some(_), None) => Err(format!("{a_name} is set but {b_name} is not; set both or neither")),
-        (None, Some(_)) => Err(format!("{b_name} is set but {a_name} is not; set both or neither")),
+        (Some(_), None) => Err(format!(
+            "{a_name} is set but {b_name} is not; set both or neither"
+        )),
+        (None, Some(_)) => Err(format!(
+            "{b_name} is set but {a_name} is not; set both or neither"
+        )),
     }
 }
 
@@ -158,6 +164,9 @@ mod tests {
     fn credentials_are_not_printed_by_debug() {
         let c = config(&[("AUTH_USER", "admin"), ("AUTH_PASS", "s3cret")]).unwrap();
         let printed = format!("{c:?}");
-        assert!(!printed.contains("s3cret") && !printed.contains("admin"), "{printed}");
+        assert!(
+            !printed.contains("s3cret") && !printed.contains("admin"),
+            "{printed}"
+        );
     }
 }

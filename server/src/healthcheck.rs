@@ -24,7 +24,8 @@ pub fn probe(config: &Config) -> Result<(), String> {
         .set_read_timeout(Some(TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         .and_then(|()| {
-            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         })
         .map_err(|e| format!("cannot send to {addr}: {e}"))?;
     let mut head = [0u8; 12];

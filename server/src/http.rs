@@ -55,15 +55,16 @@ pub fn app(store: LockStore, auth: Option<Credentials>) -> impl Endpoint<Output 
         .around(move |ep, req| {
             let auth = auth.clone();
             async move {
-                if let Some(expected) = auth.as_deref() {
-                    if req.uri().path() != "/healthz" && !authorized(&req, expected) {
-                        let mut resp = error_response(StatusCode::UNAUTHORIZED, "Please Authenticate");
-                        resp.headers_mut().insert(
-                            header::WWW_AUTHENTICATE,
-                            header::HeaderValue::from_static("Basic realm=\"locker\""),
-                        );
-                        return Ok(resp);
-                    }
+                if let Some(expected) = auth.as_deref()
+                    && req.uri().path() != "/healthz"
+                    && !authorized(&req, expected)
+                {
+                    let mut resp = error_response(StatusCode::UNAUTHORIZED, "Please Authenticate");
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Basic realm=\"locker\""),
+                    );
+                    return Ok(resp);
                 }
                 ep.call(req).await
             }
@@ -138,7 +139,7 @@ fn show_lock(req: &Request, store: poem::web::Data<&LockStore>) -> Response {
             let lock = store.read(|table| table.get(&name));
             json_response(StatusCode::OK, &LockView(&lock))
         }
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -155,11 +156,11 @@ async fn unlock_handler(req: &Request, body: Body, store: poem::web::Data<&LockS
 async fn change(req: &Request, body: Body, store: &LockStore, op: Op) -> Response {
     let name = match lock_name(req) {
         Ok(name) => name,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let claim = match read_claim(req, body).await {
         Ok(claim) => claim,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let request = LockRequest {
         name: name.clone(),
@@ -174,18 +175,31 @@ async fn change(req: &Request, body: Body, store: &LockStore, op: Op) -> Respons
     }
 }
 
+/// A refused request: the status and the message of its JSON error body.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: String) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn into_response(self) -> Response {
+        error_response(self.0, &self.1)
+    }
+}
+
 /// The lock name from the raw (still percent-encoded) path.
-fn lock_name(req: &Request) -> Result<String, Response> {
+fn lock_name(req: &Request) -> Result<String, ApiError> {
     let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
-    names::lock_name_from_path(segment).map_err(|e| error_response(StatusCode::BAD_REQUEST, &e))
+    names::lock_name_from_path(segment).map_err(ApiError::bad_request)
 }
 
 /// Reads and checks a lock/unlock body, whatever its Content-Type says.
-async fn read_claim(req: &Request, body: Body) -> Result<Claim, Response> {
+async fn read_claim(req: &Request, body: Body) -> Result<Claim, ApiError> {
     let too_large = || {
-        error_response(
+        ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body is larger than {MAX_BODY} bytes"),
+            format!("request body is larger than {MAX_BODY} bytes"),
         )
     };
     let declared = req
@@ -200,13 +214,12 @@ async fn read_claim(req: &Request, body: Body) -> Result<Claim, Response> {
         Ok(bytes) => bytes,
         Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(too_large()),
         Err(e) => {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("could not read the request body: {e}"),
-            ));
+            return Err(ApiError::bad_request(format!(
+                "could not read the request body: {e}"
+            )));
         }
     };
-    parse_claim(&bytes).map_err(|e| error_response(StatusCode::BAD_REQUEST, &e))
+    parse_claim(&bytes).map_err(ApiError::bad_request)
 }
 
 /// Parses `{"key": K, "locked_by"|"lock_by"|"requestor": R}`; the requestor defaults to the key.
@@ -375,7 +388,10 @@ mod tests {
             (b"", "empty"),
             (b"key=k", "not valid JSON"),
             (b"[1]", "JSON object"),
-            (br#"{"key":"k","lokc_by":"x"}"#, "unknown field(s) in request body: lokc_by"),
+            (
+                br#"{"key":"k","lokc_by":"x"}"#,
+                "unknown field(s) in request body: lokc_by",
+            ),
             (br#"{"key":1}"#, "'key' must be a string, not a number"),
             (br#"{"locked_by":"r"}"#, "'key' is required"),
             (br#"{"key":""}"#, "'key' must not be empty"),

@@ -21,7 +21,10 @@ fn main() -> ExitCode {
         }
         ["healthcheck"] => return run_healthcheck(),
         other => {
-            eprintln!("error: unexpected argument {:?}; see locker --help", other.join(" "));
+            eprintln!(
+                "error: unexpected argument {:?}; see locker --help",
+                other.join(" ")
+            );
             return ExitCode::from(2);
         }
     }
@@ -39,7 +42,10 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };

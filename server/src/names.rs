@@ -80,7 +80,11 @@ mod tests {
             assert!(err.contains(expected), "{input:?}: {err}");
         }
         let long = "x".repeat(MAX_LEN + 1);
-        assert!(lock_name_from_path(&long).unwrap_err().contains("limit is 512"));
+        assert!(
+            lock_name_from_path(&long)
+                .unwrap_err()
+                .contains("limit is 512")
+        );
         assert!(lock_name_from_path(&"x".repeat(MAX_LEN)).is_ok());
     }
 }

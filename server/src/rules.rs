@@ -285,7 +285,11 @@ mod tests {
             d.lock.locked_by,
             BTreeMap::from([("x".into(), 2), ("y".into(), 1)])
         );
-        assert_eq!(d.lock.locked_at, Some(at(1)), "locked_at is when the key took it");
+        assert_eq!(
+            d.lock.locked_at,
+            Some(at(1)),
+            "locked_at is when the key took it"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, AcceptorExt, Listener, RustlsCertificate, RustlsConfig, TcpListener};
+use poem::listener::{
+    Acceptor, AcceptorExt, Listener, RustlsCertificate, RustlsConfig, TcpListener,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -34,7 +36,10 @@ pub enum ServerError {
 }
 
 /// Runs the server until `shutdown` completes, then drains in-flight requests and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let (state_file, table, format) = StateFile::open(&config.state_file)?;
     let lock_count = table.locks.values().filter(|l| !l.is_free()).count();
     let known = table.locks.len();
@@ -98,9 +103,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 /// Reads the certificate chain and key, and checks that rustls accepts them together.
 fn load_tls(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), ServerError> {
     let read = |path: &std::path::Path, var: &str| {
-        std::fs::read(path).map_err(|e| {
-            ServerError::Tls(format!("cannot read {var}={}: {e}", path.display()))
-        })
+        std::fs::read(path)
+            .map_err(|e| ServerError::Tls(format!("cannot read {var}={}: {e}", path.display())))
     };
     let cert_pem = read(&files.cert, "SSL_CERT")?;
     let key_pem = read(&files.key, "SSL_KEY")?;

@@ -173,7 +173,8 @@ impl StateFile {
     /// content is on disk; on error the file still holds the previous state.
     pub fn write(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
         let mut buf = Vec::with_capacity(self.last_len + 4096);
-        serde_norway::to_writer(&mut buf, &Snapshot { table, changes }).map_err(io::Error::other)?;
+        serde_norway::to_writer(&mut buf, &Snapshot { table, changes })
+            .map_err(io::Error::other)?;
         let result = self.replace_with(&buf);
         if result.is_err() {
             let _ = fs::remove_file(&self.tmp_path);
@@ -250,7 +251,9 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
             let locked_at = match l.locked_at {
                 None => None,
                 Some(s) => Some(humantime::parse_rfc3339(&s).map_err(|e| {
-                    ParseError::Invalid(format!("lock '{name}': locked_at '{s}' is not RFC 3339 ({e})"))
+                    ParseError::Invalid(format!(
+                        "lock '{name}': locked_at '{s}' is not RFC 3339 ({e})"
+                    ))
                 })?),
             };
             if l.revision > stored.revision {
@@ -419,9 +422,35 @@ mod tests {
     fn awkward_names_round_trip_through_yaml() {
         let mut table = LockTable::default();
         let names = [
-            "null", "~", "yes", "no", "1e3", "0x10", "- x", "#x", " spaced ", "a/b", "a: b",
-            "'q'", "\"dq\"", "🚀 ümlaut", "true", "[x]", "{x}", "*x", "&x", "!x", "%x", "@x",
-            "`x", "|", ">", "?", "-", ".inf", "2001-01-01",
+            "null",
+            "~",
+            "yes",
+            "no",
+            "1e3",
+            "0x10",
+            "- x",
+            "#x",
+            " spaced ",
+            "a/b",
+            "a: b",
+            "'q'",
+            "\"dq\"",
+            "🚀 ümlaut",
+            "true",
+            "[x]",
+            "{x}",
+            "*x",
+            "&x",
+            "!x",
+            "%x",
+            "@x",
+            "`x",
+            "|",
+            ">",
+            "?",
+            "-",
+            ".inf",
+            "2001-01-01",
         ];
         for (i, name) in names.iter().enumerate() {
             let claim = Claim {
@@ -476,7 +505,10 @@ mod tests {
         let cases = [
             ("version: 2\nrevision: 0\nlocks: {}\n", "version 2"),
             ("version: 1\nrevision: 0\n", "missing field `locks`"),
-            ("version: 1\nrevision: 0\nlocks: {}\nextra: 1\n", "unknown field `extra`"),
+            (
+                "version: 1\nrevision: 0\nlocks: {}\nextra: 1\n",
+                "unknown field `extra`",
+            ),
             ("- a\n- b\n", "not a valid version 1 file"),
             (
                 "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {r: 1}, revision: 1, locked_at: null}\n",
@@ -490,13 +522,19 @@ mod tests {
                 "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {}, revision: 5, locked_at: null}\n",
                 "above the file's revision",
             ),
-            (r#"{"a": {"locked_by": {"r": -1}, "key": "k"}}"#, "original server's JSON"),
+            (
+                r#"{"a": {"locked_by": {"r": -1}, "key": "k"}}"#,
+                "original server's JSON",
+            ),
             (r#"{"a": 1}"#, "original server's JSON"),
             ("\u{0}\u{1}garbage", "not a valid version 1 file"),
         ];
         for (text, expected) in cases {
             let err = load(text).unwrap_err();
-            assert!(err.contains(expected), "{text:?}: expected {expected:?} in {err:?}");
+            assert!(
+                err.contains(expected),
+                "{text:?}: expected {expected:?} in {err:?}"
+            );
         }
         assert_eq!(load("  \n").unwrap_err(), "empty");
     }

@@ -1,0 +1,433 @@
+//! Test helpers shared by the workspace's integration tests.
+//!
+//! [`Locker`] starts the real `locker` binary on a free loopback port with a state file in a
+//! temporary directory, captures its log, and stops, kills or restarts it. [`Client`] speaks
+//! HTTP to it and returns status and JSON. [`TestCa`] makes certificates for TLS tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The path of a binary built from this workspace (`locker`, `check`, `in`, `out`, ...).
+///
+/// Test executables live in `target/<profile>/deps/`; workspace binaries one level up. If the
+/// binary is missing (a package's tests run alone), it is built with cargo first.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--bins"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// How to start a server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Extra environment variables (`AUTH_USER`, `SSL_CERT`, ...).
+    pub env: Vec<(String, String)>,
+    /// The port; 0 (the default) picks a free one.
+    pub port: u16,
+}
+
+impl Options {
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env.push((
+            name.to_string(),
+            value.as_ref().to_string_lossy().into_owned(),
+        ));
+        self
+    }
+}
+
+/// A running `locker` process.
+pub struct Locker {
+    child: Option<Child>,
+    /// The directory holding the state file; removed on drop unless shared.
+    dir: Arc<tempfile::TempDir>,
+    state_file: PathBuf,
+    options: Options,
+    port: u16,
+    scheme: String,
+    log: Arc<Mutex<String>>,
+}
+
+/// A server that exited instead of starting.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: Option<ExitStatus>,
+    pub log: String,
+}
+
+impl Locker {
+    /// Starts a server with a fresh state file and default options.
+    pub fn start() -> Locker {
+        Locker::start_with(Options::default())
+    }
+
+    /// Starts a server with a fresh state file.
+    pub fn start_with(options: Options) -> Locker {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let state_file = dir.path().join("locker.yml");
+        Locker::start_on(dir, state_file, options)
+            .unwrap_or_else(|f| panic!("locker did not start ({:?}):\n{}", f.status, f.log))
+    }
+
+    /// Starts a server on a given state file (in `dir`, which the handle keeps alive).
+    pub fn start_on(
+        dir: Arc<tempfile::TempDir>,
+        state_file: PathBuf,
+        options: Options,
+    ) -> Result<Locker, StartFailure> {
+        let mut cmd = Command::new(workspace_bin("locker"));
+        cmd.env_clear()
+            .env("LOCKER_CONFIG", &state_file)
+            .env("PORT", options.port.to_string())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn locker");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addr) = line
+                        .split("listening on ")
+                        .nth(1)
+                        .and_then(|rest| rest.split([',', ' ']).next())
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(addr.to_string());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(addr) => {
+                    let (scheme, hostport) = addr.split_once("://").expect("scheme://addr");
+                    let port = hostport
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .expect("port");
+                    return Ok(Locker {
+                        child: Some(child),
+                        dir,
+                        state_file,
+                        options,
+                        port,
+                        scheme: scheme.to_string(),
+                        log,
+                    });
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        // Let the reader thread drain the last lines.
+                        std::thread::sleep(Duration::from_millis(50));
+                        return Err(StartFailure {
+                            status: Some(status),
+                            log: log.lock().unwrap().clone(),
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err(StartFailure {
+                            status: None,
+                            log: log.lock().unwrap().clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:4711`.
+    pub fn base_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// The URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn state_file(&self) -> &Path {
+        &self.state_file
+    }
+
+    pub fn dir(&self) -> Arc<tempfile::TempDir> {
+        self.dir.clone()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(&child, libc::SIGTERM);
+        let status = child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(20));
+        status
+    }
+
+    /// Sends SIGKILL and waits for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same state file, port and options.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        let options = Options {
+            port: self.port,
+            ..self.options.clone()
+        };
+        // The port was just released; retry briefly in case the kernel still holds it.
+        let mut last = None;
+        for _ in 0..50 {
+            match Locker::start_on(self.dir.clone(), self.state_file.clone(), options.clone()) {
+                Ok(mut started) => {
+                    self.child = started.child.take();
+                    self.log = started.log.clone();
+                    return;
+                }
+                Err(f) => {
+                    last = Some(f);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        panic!("locker did not restart: {last:?}");
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Locker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) with the pid of a child we have not yet waited for.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+/// An HTTP client that returns every status instead of failing on 4xx/5xx.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    auth: Option<String>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client::with_tls(ureq::tls::TlsConfig::default())
+    }
+
+    /// A client that trusts exactly the given PEM CA certificate.
+    pub fn trusting(ca_pem: &str) -> Client {
+        let cert = ureq::tls::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .build();
+        Client::with_tls(tls)
+    }
+
+    fn with_tls(tls: ureq::tls::TlsConfig) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .tls_config(tls)
+            .build()
+            .into();
+        Client { agent, auth: None }
+    }
+
+    /// Sends basic auth with every request.
+    pub fn basic_auth(mut self, user: &str, pass: &str) -> Client {
+        use std::io::Write;
+        let mut raw = Vec::new();
+        write!(raw, "{user}:{pass}").unwrap();
+        self.auth = Some(format!("Basic {}", base64(&raw)));
+        self
+    }
+
+    /// Sends a raw `Authorization` header value.
+    pub fn authorization(mut self, value: &str) -> Client {
+        self.auth = Some(value.to_string());
+        self
+    }
+
+    /// Sends a request; `body` is sent as is when given. Returns status and parsed JSON
+    /// (`Value::String` of the raw text when the body is not JSON).
+    pub fn call(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Value), ureq::Error> {
+        let mut req = ureq::http::Request::builder().method(method).uri(url);
+        if let Some(auth) = &self.auth {
+            req = req.header("authorization", auth);
+        }
+        let req = req.body(body.unwrap_or("").to_string()).expect("request");
+        let mut resp = self.agent.run(req)?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string()?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    pub fn get(&self, url: &str) -> (u16, Value) {
+        self.call("GET", url, None).expect("GET")
+    }
+
+    pub fn put(&self, url: &str, body: &str) -> (u16, Value) {
+        self.call("PUT", url, Some(body)).expect("PUT")
+    }
+
+    pub fn delete(&self, url: &str, body: &str) -> (u16, Value) {
+        self.call("DELETE", url, Some(body)).expect("DELETE")
+    }
+}
+
+/// Standard base64 with padding, enough for basic auth in tests.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A certificate authority made for one test, and a server certificate it signed.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A CA and a certificate for `localhost` and `127.0.0.1`.
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "locker test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        TestCa {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes `cert.pem` and `key.pem` into `dir`; returns their paths.
+    pub fn write_server_files(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, &self.cert_pem).expect("write cert");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        (cert, key)
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_known_values() {
+        assert_eq!(super::base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(super::base64(b"a"), "YQ==");
+        assert_eq!(super::base64(b"ab"), "YWI=");
+        assert_eq!(super::base64(b""), "");
+    }
+}
