@@ -69,6 +69,14 @@ pub fn app(store: LockStore, auth: Option<Credentials>) -> impl Endpoint<Output 
                 ep.call(req).await
             }
         })
+        .around(|ep, mut req| async move {
+            // Read every body before anything else answers: a response sent while the body
+            // is unread makes hyper close the connection, and a client reusing it then fails.
+            match buffer_body(&mut req).await {
+                Ok(()) => ep.call(req).await,
+                Err(e) => Ok(e.into_response()),
+            }
+        })
         .around(|ep, req| async move {
             let started = Instant::now();
             let method = req.method().clone();
@@ -158,7 +166,7 @@ async fn change(req: &Request, body: Body, store: &LockStore, op: Op) -> Respons
         Ok(name) => name,
         Err(e) => return e.into_response(),
     };
-    let claim = match read_claim(req, body).await {
+    let claim = match read_claim(body).await {
         Ok(claim) => claim,
         Err(e) => return e.into_response(),
     };
@@ -194,8 +202,8 @@ fn lock_name(req: &Request) -> Result<String, ApiError> {
     names::lock_name_from_path(segment).map_err(ApiError::bad_request)
 }
 
-/// Reads and checks a lock/unlock body, whatever its Content-Type says.
-async fn read_claim(req: &Request, body: Body) -> Result<Claim, ApiError> {
+/// Replaces the request's body by its bytes, read in full (at most [`MAX_BODY`]).
+async fn buffer_body(req: &mut Request) -> Result<(), ApiError> {
     let too_large = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -210,15 +218,24 @@ async fn read_claim(req: &Request, body: Body) -> Result<Claim, ApiError> {
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let bytes = match body.into_bytes_limit(MAX_BODY).await {
-        Ok(bytes) => bytes,
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(too_large()),
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "could not read the request body: {e}"
-            )));
+    match req.take_body().into_bytes_limit(MAX_BODY).await {
+        Ok(bytes) => {
+            req.set_body(bytes);
+            Ok(())
         }
-    };
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Reads and checks a lock/unlock body, whatever its Content-Type says.
+async fn read_claim(body: Body) -> Result<Claim, ApiError> {
+    let bytes = body
+        .into_bytes()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
     parse_claim(&bytes).map_err(ApiError::bad_request)
 }
 

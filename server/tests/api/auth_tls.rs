@@ -47,6 +47,7 @@ fn every_endpoint_but_healthz_needs_the_right_credentials() {
         200,
         "probes need no auth"
     );
+    server.wait_for_log("GET /healthz 200");
     let log = server.log();
     assert!(
         !log.contains("s3cr3t-pass") && !log.contains("ci-user"),
