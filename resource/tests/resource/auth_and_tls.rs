@@ -8,51 +8,14 @@ use std::thread;
 
 use locker_resource::client::LockerClient;
 use locker_resource::config::Source;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use locker_testkit::TestCa;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// A CA, and a server certificate it signed for localhost and 127.0.0.1.
-struct TestPki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl TestPki {
-    fn new() -> Self {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "locker test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate().unwrap();
-        let server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
-        Self {
-            ca_pem: ca_cert.pem(),
-            cert_pem: server_cert.pem(),
-            key_pem: server_key.serialize_pem(),
-        }
-    }
-
-    fn write_server_files(&self, dir: &Path) -> (String, String) {
-        let cert = dir.join("server.pem");
-        let key = dir.join("server.key");
-        std::fs::write(&cert, &self.cert_pem).unwrap();
-        std::fs::write(&key, &self.key_pem).unwrap();
-        (cert.display().to_string(), key.display().to_string())
-    }
-}
-
-fn https_server(pki: &TestPki, files: &Path) -> LockerServer {
+fn https_server(pki: &TestCa, files: &Path) -> LockerServer {
     let (cert, key) = pki.write_server_files(files);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let server = LockerServer::start_with(&[("SSL_CERT", &cert), ("SSL_KEY", &key)]);
     assert!(
         server.url.starts_with("https://"),
@@ -116,7 +79,7 @@ fn run_check(source: &Value) -> Run {
 
 #[test]
 fn https_with_ca_cert_is_trusted() {
-    let pki = TestPki::new();
+    let pki = TestCa::new();
     let files = tempfile::tempdir().unwrap();
     let server = https_server(&pki, files.path());
     let source = with(server.source("env"), "ca_cert", json!(pki.ca_pem));
@@ -126,17 +89,17 @@ fn https_with_ca_cert_is_trusted() {
 
 #[test]
 fn https_with_a_wrong_ca_fails_without_retrying() {
-    let pki = TestPki::new();
+    let pki = TestCa::new();
     let files = tempfile::tempdir().unwrap();
     let server = https_server(&pki, files.path());
-    let other = TestPki::new();
+    let other = TestCa::new();
     for source in [
         with(server.source("env"), "ca_cert", json!(other.ca_pem)),
         server.source("env"),
     ] {
         let error = run_check(&source).error();
         assert!(
-            error.contains("TLS connection to https://localhost:"),
+            error.contains("TLS connection to https://127.0.0.1:"),
             "{error}"
         );
         // Without a timeout, a lock that retried certificate errors would never end.
@@ -151,7 +114,7 @@ fn https_with_a_wrong_ca_fails_without_retrying() {
 
 #[test]
 fn https_with_skip_ssl_validation_works_without_ca_cert() {
-    let pki = TestPki::new();
+    let pki = TestCa::new();
     let files = tempfile::tempdir().unwrap();
     let server = https_server(&pki, files.path());
     let source = with(server.source("env"), "skip_ssl_validation", json!(true));
@@ -241,7 +204,7 @@ fn bosh_lock_uses_the_directors_name() {
 
 #[test]
 fn certificates_in_the_system_directory_are_trusted() {
-    let pki = TestPki::new();
+    let pki = TestCa::new();
     let files = tempfile::tempdir().unwrap();
     let server = https_server(&pki, files.path());
     let source = Source::from_json(&server.source("env")).unwrap();

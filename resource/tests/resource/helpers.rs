@@ -1,7 +1,6 @@
 //! Running the resource's binaries and the locker server for the tests.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -9,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use locker_resource::client::{Lock, LockerClient};
 use locker_resource::config::Source;
+use locker_testkit::{Locker, Options};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 /// One of the resource's binaries.
 #[derive(Debug, Clone, Copy)]
@@ -235,15 +234,10 @@ impl Drop for Running {
     }
 }
 
-/// The real `locker` server on a free port with a temporary state file.
+/// The real `locker` server (started by the workspace's testkit) and `source` for its locks.
 pub struct LockerServer {
-    child: Option<Child>,
+    server: Locker,
     pub url: String,
-    port: u16,
-    scheme: &'static str,
-    env: Vec<(String, String)>,
-    state: TempDir,
-    log: Arc<Mutex<String>>,
 }
 
 impl LockerServer {
@@ -253,87 +247,26 @@ impl LockerServer {
 
     /// Starts the server with extra environment (`AUTH_USER`, `SSL_CERT`, ...).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
-        let mut server = Self {
-            child: None,
-            url: String::new(),
-            port: 0,
-            scheme: "http",
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            state: tempfile::tempdir().unwrap(),
-            log: Arc::new(Mutex::new(String::new())),
-        };
-        server.launch();
-        server
-    }
-
-    fn launch(&mut self) {
-        let mut child = Command::new(server_binary())
-            .env("PORT", self.port.to_string())
-            .env("LOCKER_CONFIG", self.state.path().join("locker-data.yml"))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the locker server starts");
-        let (found_tx, found_rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = Arc::clone(&self.log);
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on ") {
-                    let address = line[at + "listening on ".len()..]
-                        .split([',', ' '])
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = found_tx.send(address);
-                }
-                let mut text = log.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        // Stored before anything can fail, so that dropping the handle stops the process.
-        self.child = Some(child);
-        let address = found_rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the server did not say where it listens; its log:\n{}",
-                    self.log.lock().unwrap()
-                )
+        let options = env
+            .iter()
+            .fold(Options::default(), |options, (name, value)| {
+                options.env(name, value)
             });
-        let (scheme, rest) = address
-            .split_once("://")
-            .expect("listening on SCHEME://IP:PORT");
-        let port: u16 = rest
-            .trim_end_matches('/')
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .expect("a port in the listening line");
-        self.scheme = if scheme == "https" { "https" } else { "http" };
-        self.port = port;
-        // The server listens on every interface; the certificates made in the tests name localhost.
-        self.url = format!("{}://localhost:{port}", self.scheme);
+        let server = Locker::start_with(options);
+        Self {
+            url: server.base_url(),
+            server,
+        }
     }
 
-    /// Stops the server (SIGKILL, as a crash would).
+    /// Stops the server.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts the server again on the same port and state file.
     pub fn restart(&mut self) {
-        self.stop();
-        self.launch();
+        self.server.restart();
     }
 
     /// A `source` for `lock_name` on this server, with short retry delays.
@@ -356,37 +289,10 @@ impl LockerServer {
             .unwrap_or_else(|err| {
                 panic!(
                     "could not read lock {name:?}: {err}; server log:\n{}",
-                    self.log()
+                    self.server.log()
                 )
             })
     }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for LockerServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The `locker` binary of this workspace: `LOCKER_BIN`, or beside the test's own target dir.
-fn server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("LOCKER_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = profile_dir.join(format!("locker{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: build the server first (cargo build -p locker-server) or run cargo test \
-         for the whole workspace",
-        binary.display()
-    );
-    binary
 }
 
 /// A put's input.
