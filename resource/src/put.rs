@@ -109,10 +109,13 @@ impl<R: Rng> Attempts<'_, R> {
             let outcome = attempt()?;
             if let Outcome::Done(lock) = outcome {
                 if number > 1 {
+                    let done = match self.op {
+                        LockOp::Lock => "took",
+                        LockOp::Unlock => "released",
+                    };
                     let _ = writeln!(
                         self.log,
-                        "{} lock '{}' on attempt {number} after {}",
-                        self.op.as_str(),
+                        "{done} lock '{}' on attempt {number} after {}",
                         self.name,
                         duration::format(started.elapsed())
                     );

@@ -61,6 +61,11 @@ fn second_key_waits_until_first_unlocks() {
         "stderr:\n{}",
         loser.stderr
     );
+    assert!(
+        loser.stderr.contains("took lock 'env' on attempt "),
+        "stderr:\n{}",
+        loser.stderr
+    );
 }
 
 #[test]
