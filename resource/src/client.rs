@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -26,6 +26,8 @@ pub const SYSTEM_CERT_DIR: &str = "/etc/ssl/certs";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The least time a request gets when a deadline is near, so the last attempt can be answered.
+const MIN_REQUEST_TIME: Duration = Duration::from_secs(1);
 /// Characters kept as they are in a path segment (RFC 3986 "unreserved"); all else is encoded.
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -196,6 +198,7 @@ pub struct LockerClient {
     agent: ureq::Agent,
     base_url: String,
     authorization: Option<String>,
+    deadline: Option<Instant>,
 }
 
 impl LockerClient {
@@ -235,7 +238,15 @@ impl LockerClient {
             agent: agent(tls),
             base_url: source.locker_uri.clone(),
             authorization,
+            deadline: None,
         })
+    }
+
+    /// Shortens each request's 60 s timeout so that it ends by `deadline` (but gets at least
+    /// a second), so that a hanging server cannot stretch a put's `timeout`.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// The URL of a lock, its name percent-encoded as one path segment.
@@ -250,7 +261,7 @@ impl LockerClient {
     /// `GET /lock/{name}`: the lock's current state.
     pub fn get_lock(&self, name: &str) -> Result<Lock, RequestError> {
         let url = self.lock_url(name);
-        let request = self.authorized(self.agent.get(&url));
+        let request = self.prepare(self.agent.get(&url));
         let (status, body) = exchange(&url, request.call())?;
         if status != 200 {
             return Err(status_error(&url, status, &body));
@@ -262,20 +273,28 @@ impl LockerClient {
     /// `PUT /lock/{name}`: claim the lock.
     pub fn lock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
-        let request = self.authorized(self.agent.put(&url));
+        let request = self.prepare(self.agent.put(&url));
         claim_answer(&url, request.send_json(claim))
     }
 
     /// `DELETE /lock/{name}`: release one claim.
     pub fn unlock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
-        let request = self.authorized(self.agent.delete(&url).force_send_body());
+        let request = self.prepare(self.agent.delete(&url).force_send_body());
         claim_answer(&url, request.send_json(claim))
     }
 
-    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.authorization {
+    fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let request = match &self.authorization {
             Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let timeout = left.clamp(MIN_REQUEST_TIME, REQUEST_TIMEOUT);
+                request.config().timeout_global(Some(timeout)).build()
+            }
             None => request,
         }
     }

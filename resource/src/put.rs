@@ -23,15 +23,20 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
     let source = Source::from_json(&request.source)?;
     let params = OutParams::from_json(&request.params)?;
     let name = resolve_lock_name(&source)?;
-    let client = LockerClient::new(&source)?;
+    let timeout = match params.lock_op {
+        LockOp::Lock => params.timeout,
+        LockOp::Unlock => Some(params.timeout.unwrap_or(DEFAULT_UNLOCK_TIMEOUT)),
+    };
+    let started = Instant::now();
+    let deadline = timeout.and_then(|timeout| started.checked_add(timeout));
+    let client = LockerClient::new(&source)?.with_deadline(deadline);
     let delays = params.retry_delays(&source);
     let attempts = Attempts {
         op: params.lock_op,
         name: &name,
-        timeout: match params.lock_op {
-            LockOp::Lock => params.timeout,
-            LockOp::Unlock => Some(params.timeout.unwrap_or(DEFAULT_UNLOCK_TIMEOUT)),
-        },
+        timeout,
+        started,
+        deadline,
         backoff: Backoff::new(delays.first, delays.max, rand::rng()),
         log,
     };
@@ -94,16 +99,14 @@ struct Attempts<'a, R> {
     op: LockOp,
     name: &'a str,
     timeout: Option<Duration>,
+    started: Instant,
+    deadline: Option<Instant>,
     backoff: Backoff<R>,
     log: &'a mut dyn Write,
 }
 
 impl<R: Rng> Attempts<'_, R> {
     fn run(mut self, mut attempt: impl FnMut() -> Result<Outcome, Error>) -> Result<Lock, Error> {
-        let started = Instant::now();
-        let deadline = self
-            .timeout
-            .and_then(|timeout| started.checked_add(timeout));
         loop {
             let number = self.backoff.attempts() + 1;
             let outcome = attempt()?;
@@ -117,13 +120,13 @@ impl<R: Rng> Attempts<'_, R> {
                         self.log,
                         "{done} lock '{}' on attempt {number} after {}",
                         self.name,
-                        duration::format(started.elapsed())
+                        duration::format(self.started.elapsed())
                     );
                 }
                 return Ok(lock);
             }
             let mut delay = self.backoff.next_delay();
-            if let Some(deadline) = deadline {
+            if let Some(deadline) = self.deadline {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(self.timed_out(outcome));

@@ -152,3 +152,36 @@ fn unlock_gives_up_on_an_unreachable_server_after_its_timeout() {
         run.stderr
     );
 }
+
+#[test]
+fn a_hanging_server_cannot_stretch_the_timeout() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let source = json!({"locker_uri": url, "lock_name": "env", "retry_delay": "50ms", "max_retry_delay": "200ms"});
+    let started = Instant::now();
+    let run = run(
+        Bin::Out,
+        &put(
+            &source,
+            json!({"lock_op": "lock", "key": "k", "timeout": "1s"}),
+        ),
+        &["/tmp"],
+    );
+    let elapsed = started.elapsed();
+    let error = run.error();
+    assert!(
+        error.starts_with(
+            "error: timed out after 1s trying to lock 'env': the server did not answer: "
+        ),
+        "{error}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "a 1s timeout took {elapsed:?} against a hanging server"
+    );
+}
