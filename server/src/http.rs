@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use poem::http::{StatusCode, header};
 use poem::web::headers::authorization::Basic;
@@ -22,6 +22,9 @@ use crate::store::{LockStore, Request as LockRequest, StoreError};
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
+/// How long a client may take to send a request body once its head has arrived; a body that
+/// never ends (or a Content-Length larger than what is sent) gets 408 after this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The fields a lock or unlock body may have.
 const BODY_FIELDS: &str = "key, locked_by, lock_by, requestor";
@@ -218,7 +221,17 @@ async fn buffer_body(req: &mut Request) -> Result<(), ApiError> {
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
         return Err(too_large());
     }
-    match req.take_body().into_bytes_limit(MAX_BODY).await {
+    let body = req.take_body().into_bytes_limit(MAX_BODY);
+    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, body).await else {
+        return Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received in full within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match read {
         Ok(bytes) => {
             req.set_body(bytes);
             Ok(())
@@ -428,5 +441,35 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    /// Guards the running time, not just the result: an early-exit comparison (`a == b`)
+    /// takes about nothing when the first byte differs and much longer when only the last
+    /// does, and fails this test.
+    #[test]
+    fn constant_time_eq_takes_as_long_whatever_the_mismatch() {
+        let secret = vec![b's'; 256 * 1024];
+        let mut first = secret.clone();
+        first[0] = b'x';
+        let mut last = secret.clone();
+        *last.last_mut().unwrap() = b'x';
+        let time = |guess: &[u8]| {
+            (0..7)
+                .map(|_| {
+                    let started = Instant::now();
+                    for _ in 0..4 {
+                        assert!(!constant_time_eq(std::hint::black_box(guess), &secret));
+                    }
+                    started.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let (early, late) = (time(&first), time(&last));
+        let ratio = late.as_secs_f64() / early.as_secs_f64().max(1e-9);
+        assert!(
+            (0.5..2.0).contains(&ratio),
+            "a mismatch in the first byte took {early:?}, in the last {late:?}: the time depends on where the bytes differ"
+        );
     }
 }

@@ -8,9 +8,11 @@
 //! - [`http`]: the HTTP API (poem), wire-compatible with the original server.
 //! - [`config`]: configuration from the environment.
 //! - [`server`]: start-up, TLS, graceful shutdown.
+//! - [`connection`]: limits on slow clients and on the number of connections.
 //! - [`healthcheck`]: the `locker healthcheck` probe for container runtimes.
 
 pub mod config;
+pub mod connection;
 pub mod healthcheck;
 pub mod http;
 pub mod names;

@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Config, TlsFiles};
+use crate::connection::{self, Limited};
 use crate::http;
 use crate::state_file::{Format, OpenError, StateFile};
 use crate::store::LockStore;
@@ -90,6 +91,11 @@ pub async fn run(
 
     let (store, writer) = LockStore::start(table, state_file).map_err(ServerError::Serve)?;
     let app = http::app(store, config.auth.clone());
+    let acceptor = Limited::new(
+        acceptor,
+        connection::HEAD_TIMEOUT,
+        connection::MAX_CONNECTIONS,
+    );
     let served = poem::Server::new_with_acceptor(acceptor)
         .idle_timeout(IDLE_TIMEOUT)
         .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))

@@ -1,0 +1,278 @@
+//! Connection limits: how long a request head may take, and how many connections may be open.
+//!
+//! hyper, as poem runs it, lets a client take forever over a request head, and poem's idle
+//! timeout only fires after a silence, so a client sending one byte a second (slowloris) holds
+//! a connection, its buffers and a task for ever. [`Limited`] wraps the acceptor (after TLS,
+//! so it sees plain HTTP) and gives every connection a [`HeadDeadline`]: a request head must be
+//! complete within [`HEAD_TIMEOUT`] of its first byte (of the connection being opened, for the
+//! first one), or reads fail and hyper closes the connection. Request bodies have their own
+//! limit in the HTTP layer, where a late body can still be answered with 408.
+//!
+//! The acceptor also caps the number of open connections, so memory stays bounded however
+//! many sockets a client opens: past the cap, new connections are closed at once.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use poem::http::uri::Scheme;
+use poem::listener::Acceptor;
+use poem::web::{LocalAddr, RemoteAddr};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// How long a client may take to send a request head, from its first byte (or, for the first
+/// request, from connecting).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections served at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// An acceptor whose connections have a [`HeadDeadline`] and whose number is capped.
+pub struct Limited<A> {
+    inner: A,
+    head_timeout: Duration,
+    max_connections: usize,
+    open: Arc<AtomicUsize>,
+}
+
+impl<A: Acceptor> Limited<A> {
+    pub fn new(inner: A, head_timeout: Duration, max_connections: usize) -> Self {
+        Limited {
+            inner,
+            head_timeout,
+            max_connections,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl<A: Acceptor> Acceptor for Limited<A> {
+    type Io = HeadDeadline<A::Io>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        loop {
+            let (io, local, remote, scheme) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: poem retries at once, so pause
+                    // instead of spinning, and let open connections finish meanwhile.
+                    tracing::warn!("could not accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if self.open.load(Ordering::Relaxed) >= self.max_connections {
+                tracing::warn!(
+                    "closing a connection from {remote}: {} connections are open already",
+                    self.max_connections
+                );
+                drop(io);
+                continue;
+            }
+            let io = HeadDeadline::new(io, self.head_timeout, Slot::take(&self.open));
+            return Ok((io, local, remote, scheme));
+        }
+    }
+}
+
+/// One counted open connection; released on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a connection is in the request/response cycle, as far as its bytes tell.
+enum Phase {
+    /// A request head is on its way; it must end (`\r\n\r\n`) before the deadline.
+    Head,
+    /// The head is complete: the body and the handler have their own limits.
+    AfterHead,
+    /// A response was written and nothing has been read since: poem's idle timeout applies.
+    Idle,
+}
+
+/// A connection whose reads fail once a request head has taken longer than its timeout.
+pub struct HeadDeadline<T> {
+    inner: T,
+    timeout: Duration,
+    phase: Phase,
+    deadline: Pin<Box<Sleep>>,
+    /// The last bytes read, to find a `\r\n\r\n` split across reads.
+    tail: [u8; 3],
+    _slot: Slot,
+}
+
+impl<T> HeadDeadline<T> {
+    fn new(inner: T, timeout: Duration, slot: Slot) -> Self {
+        HeadDeadline {
+            inner,
+            timeout,
+            phase: Phase::Head,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            tail: [0; 3],
+            _slot: slot,
+        }
+    }
+
+    /// Looks at bytes just read: they may start a head or complete one.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Phase::Idle = self.phase {
+            self.phase = Phase::Head;
+            self.tail = [0; 3];
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        }
+        if let Phase::Head = self.phase {
+            let mut window = self.tail.to_vec();
+            window.extend_from_slice(bytes);
+            if window.windows(4).any(|w| w == b"\r\n\r\n") {
+                self.phase = Phase::AfterHead;
+            }
+            let keep = window.len() - 3;
+            self.tail.copy_from_slice(&window[keep..]);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Phase::Head = this.phase
+            && this.deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "request head not complete after {}s; closing the connection",
+                    this.timeout.as_secs()
+                ),
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let filled = buf.filled()[before..].to_vec();
+            this.saw(&filled);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.phase = Phase::Idle;
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.phase = Phase::Idle;
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    fn limited<T>(io: T, timeout: Duration) -> HeadDeadline<T> {
+        HeadDeadline::new(io, timeout, Slot::take(&Arc::new(AtomicUsize::new(0))))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_never_ends_fails_the_read() {
+        let (mut client, server) = duplex(1024);
+        let mut server = limited(server, Duration::from_secs(10));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0; 1024];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_head_lifts_the_deadline_until_the_next_request() {
+        let (mut client, server) = duplex(1024);
+        let mut server = limited(server, Duration::from_secs(10));
+        let mut buf = [0; 1024];
+        // The end of the head arrives split across two reads.
+        client.write_all(b"GET / HTTP/1.1\r\n\r").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        client.write_all(b"\n").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"body").await.unwrap();
+        assert_eq!(
+            server.read(&mut buf).await.unwrap(),
+            4,
+            "no deadline after the head"
+        );
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"G").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::TimedOut,
+            "a new head has a deadline"
+        );
+    }
+}
