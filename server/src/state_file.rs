@@ -17,11 +17,14 @@
 //! The original Go server's file (JSON, `{"NAME": {"locked_by": {"R": 2}, "key": "K"}}`) is
 //! read as well and replaced by this format on the first change.
 //!
-//! Every write goes to a temporary file in the same directory, which is fsynced, renamed over
-//! the state file, and followed by an fsync of the directory, so the file on disk is always
-//! either the previous state or the new one. A sidecar `<file>.lock` is held with an exclusive
-//! lock for the life of the process; the state file itself can't carry the lock because each
-//! write replaces it with a new inode.
+//! Each batch of changes is appended to a journal next to the file (`<file>.journal`, see
+//! [`crate::journal`]) and fsynced. Now and then, and at shutdown, the whole table is written
+//! into the state file: to a temporary file in the same directory, which is fsynced, renamed
+//! over the state file, and followed by an fsync of the directory, so the file on disk is
+//! always either the previous state or the new one. After a clean shutdown the state file
+//! alone holds everything. A sidecar `<file>.lock` is held with an exclusive lock for the life
+//! of the process; the state file itself can't carry the lock because each write replaces it
+//! with a new inode.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +38,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::journal::{self, Journal};
 use crate::names;
 use crate::rules::{Changes, Lock, LockTable};
 
@@ -75,23 +79,36 @@ pub enum Format {
     Legacy,
 }
 
-/// An open, exclusively held state file.
+/// An open, exclusively held state file and its journal.
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
     tmp_path: PathBuf,
     dir: File,
     _lock: File,
-    last_len: usize,
+    journal: Journal,
+    /// Size of the state file last written; the journal is folded in when it grows past it.
+    snapshot_len: u64,
+    /// True until the state file is in this server's format (a legacy file is rewritten on
+    /// the first change).
+    needs_snapshot: bool,
 }
 
+/// The journal is folded into the state file once it is larger than this and than the file.
+const MIN_COMPACTION_LEN: u64 = 1 << 20;
+
 impl StateFile {
-    /// Takes the file's lock, then loads the table (creating an empty file if there is none).
+    /// Takes the file's lock, then loads the table (creating an empty file if there is none)
+    /// and replays the journal.
     pub fn open(path: &Path) -> Result<(StateFile, LockTable, Format), OpenError> {
         let io_err = |action, source| OpenError::Io {
             path: path.to_owned(),
             action,
             source,
+        };
+        let invalid = |reason: String| OpenError::Invalid {
+            path: path.to_owned(),
+            reason,
         };
         let dir_path = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -99,10 +116,7 @@ impl StateFile {
         };
         let file_name = path
             .file_name()
-            .ok_or_else(|| OpenError::Invalid {
-                path: path.to_owned(),
-                reason: "the path names no file".into(),
-            })?
+            .ok_or_else(|| invalid("the path names no file".into()))?
             .to_string_lossy()
             .into_owned();
         let lock_path = dir_path.join(format!("{file_name}.lock"));
@@ -123,45 +137,73 @@ impl StateFile {
             Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", e)),
         }
         let dir = File::open(&dir_path).map_err(|e| io_err("opening its directory", e))?;
-        let mut file = StateFile {
-            path: path.to_owned(),
-            tmp_path: dir_path.join(format!("{file_name}.tmp")),
-            dir,
-            _lock: lock,
-            last_len: 0,
-        };
+        let tmp_path = dir_path.join(format!("{file_name}.tmp"));
+        let journal_path = dir_path.join(format!("{file_name}.journal"));
         // A temporary file left by an interrupted write was never renamed into place, so it
         // holds nothing that was acknowledged.
-        match fs::remove_file(&file.tmp_path) {
+        match fs::remove_file(&tmp_path) {
             Ok(()) => tracing::warn!(
                 "removed {} left by an interrupted write",
-                file.tmp_path.display()
+                tmp_path.display()
             ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing the leftover temporary file", e)),
         }
-        match fs::read(path) {
+        let (mut table, format, snapshot_len) = match fs::read(path) {
             Ok(bytes) => {
-                file.last_len = bytes.len();
                 let (table, format) = parse(&bytes).map_err(|reason| match reason {
                     ParseError::Empty => OpenError::Empty {
                         path: path.to_owned(),
                     },
-                    ParseError::Invalid(reason) => OpenError::Invalid {
-                        path: path.to_owned(),
-                        reason,
-                    },
+                    ParseError::Invalid(reason) => invalid(reason),
                 })?;
-                Ok((file, table, format))
+                (table, format, bytes.len() as u64)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let table = LockTable::default();
-                file.write(&table, &Changes::default())
-                    .map_err(|e| io_err("creating", e))?;
-                Ok((file, table, Format::Created))
+                (LockTable::default(), Format::Created, 0)
             }
-            Err(e) => Err(io_err("reading", e)),
+            Err(e) => return Err(io_err("reading", e)),
+        };
+        let replay = journal::read(&journal_path, table.revision).map_err(|reason| {
+            invalid(format!(
+                "its journal could not be replayed: {reason}. Both files were left untouched"
+            ))
+        })?;
+        if format == Format::Created && replay.good_len > 0 {
+            return Err(invalid(format!(
+                "the file is missing but its journal {} holds changes; restore the state file, or remove the journal to start empty",
+                journal_path.display()
+            )));
         }
+        if replay.torn_tail {
+            tracing::warn!(
+                "dropping an incomplete last record of {} left by an interrupted write (it was never acknowledged)",
+                journal_path.display()
+            );
+        }
+        for changes in replay.batches {
+            for name in changes.locks.keys() {
+                names::check_text("lock name", name)
+                    .map_err(|e| invalid(format!("journal: lock '{name}': {e}")))?;
+            }
+            table.commit(changes);
+        }
+        let journal = Journal::open(&journal_path, replay.good_len)
+            .map_err(|e| io_err("opening its journal", e))?;
+        let mut file = StateFile {
+            path: path.to_owned(),
+            tmp_path,
+            dir,
+            _lock: lock,
+            journal,
+            snapshot_len,
+            needs_snapshot: format != Format::Current,
+        };
+        if format == Format::Created {
+            file.write_snapshot(&table, &Changes::default())
+                .map_err(|e| io_err("creating", e))?;
+        }
+        Ok((file, table, format))
     }
 
     /// The path of the state file.
@@ -169,19 +211,49 @@ impl StateFile {
         &self.path
     }
 
-    /// Durably replaces the file with `table` plus `changes`. Returns only once the new
-    /// content is on disk; on error the file still holds the previous state.
-    pub fn write(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(self.last_len + 4096);
+    /// Durably records `changes` on top of `table`: appended to the journal, or, when the
+    /// journal has grown large (or the file is still in the original server's format),
+    /// written into a new state file. Returns only once the change is on disk; on error
+    /// nothing of it is.
+    pub fn commit(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
+        if self.needs_snapshot {
+            return self.write_snapshot(table, changes);
+        }
+        self.journal.append(&journal::encode(changes)?)?;
+        if self.journal.len() > MIN_COMPACTION_LEN.max(self.snapshot_len) {
+            // The batch is durable already; a failed compaction is retried after the next one.
+            if let Err(e) = self.write_snapshot(table, changes) {
+                tracing::warn!(error = %e, "could not fold the journal into the state file; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the journal into the state file, so the state file alone holds `table`.
+    pub fn compact(&mut self, table: &LockTable) -> io::Result<()> {
+        if self.journal.is_empty() && !self.needs_snapshot {
+            return Ok(());
+        }
+        self.write_snapshot(table, &Changes::default())
+    }
+
+    /// Writes the whole table (with `changes` laid over it) into a new state file, then
+    /// empties the journal. A crash in between is harmless: the journal's records are at or
+    /// below the new file's revision and are skipped on load.
+    fn write_snapshot(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(self.snapshot_len as usize + 4096);
         serde_norway::to_writer(&mut buf, &Snapshot { table, changes })
             .map_err(io::Error::other)?;
-        let result = self.replace_with(&buf);
-        if result.is_err() {
+        if let Err(e) = self.replace_with(&buf) {
             let _ = fs::remove_file(&self.tmp_path);
-        } else {
-            self.last_len = buf.len();
+            return Err(e);
         }
-        result
+        self.snapshot_len = buf.len() as u64;
+        self.needs_snapshot = false;
+        if let Err(e) = self.journal.clear() {
+            tracing::warn!(error = %e, journal = %self.journal.path().display(), "could not empty the journal; its records are skipped on load");
+        }
+        Ok(())
     }
 
     fn replace_with(&self, content: &[u8]) -> io::Result<()> {
@@ -248,26 +320,9 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
         }
         let mut locks = BTreeMap::new();
         for (name, l) in stored.locks.0 {
-            let locked_at = match l.locked_at {
-                None => None,
-                Some(s) => Some(humantime::parse_rfc3339(&s).map_err(|e| {
-                    ParseError::Invalid(format!(
-                        "lock '{name}': locked_at '{s}' is not RFC 3339 ({e})"
-                    ))
-                })?),
-            };
-            if l.revision > stored.revision {
-                return Err(ParseError::Invalid(format!(
-                    "lock '{name}' has revision {}, above the file's revision {}",
-                    l.revision, stored.revision
-                )));
-            }
-            let lock = Lock {
-                key: l.key,
-                locked_by: l.locked_by.0,
-                revision: l.revision,
-                locked_at,
-            };
+            let lock = l
+                .into_lock(stored.revision)
+                .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
             locks.insert(name, lock);
         }
         (
@@ -294,13 +349,41 @@ struct StoredState {
     locks: UniqueMap<StoredLock>,
 }
 
+/// A lock as stored, in the state file or a journal record.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredLock {
+pub(crate) struct StoredLock {
     key: String,
     locked_by: UniqueMap<u64>,
     revision: u64,
     locked_at: Option<String>,
+}
+
+impl StoredLock {
+    /// Converts and checks a stored lock; its revision may not exceed `max_revision`.
+    pub(crate) fn into_lock(self, max_revision: u64) -> Result<Lock, String> {
+        let locked_at = match self.locked_at {
+            None => None,
+            Some(s) => Some(
+                humantime::parse_rfc3339(&s)
+                    .map_err(|e| format!("locked_at '{s}' is not RFC 3339 ({e})"))?,
+            ),
+        };
+        if self.revision > max_revision {
+            return Err(format!(
+                "it has revision {}, above the file's revision {max_revision}",
+                self.revision
+            ));
+        }
+        let lock = Lock {
+            key: self.key,
+            locked_by: self.locked_by.0,
+            revision: self.revision,
+            locked_at,
+        };
+        lock.check_invariants()?;
+        Ok(lock)
+    }
 }
 
 #[derive(Deserialize)]
@@ -311,7 +394,7 @@ struct LegacyLock {
 }
 
 /// A string-keyed map that refuses duplicate keys instead of keeping the last one.
-struct UniqueMap<V>(BTreeMap<String, V>);
+pub(crate) struct UniqueMap<V>(pub(crate) BTreeMap<String, V>);
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -27,11 +27,22 @@ const MAX_BATCH: usize = 4096;
 pub trait Persist: Send + 'static {
     /// Durably records `changes` on top of `table`; returns only once they survive a crash.
     fn persist(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()>;
+
+    /// Called once when the writer stops, with the final table.
+    fn finish(&mut self, _table: &LockTable) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Persist for StateFile {
     fn persist(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
-        self.write(table, changes)
+        self.commit(table, changes)
+    }
+
+    /// Folds the journal into the state file, so that after a clean stop the state file
+    /// alone holds everything (for backups, and for going back to the original server).
+    fn finish(&mut self, table: &LockTable) -> io::Result<()> {
+        self.compact(table)
     }
 }
 
@@ -99,6 +110,18 @@ impl LockStore {
 }
 
 fn run_writer(table: &RwLock<LockTable>, queue: mpsc::Receiver<Job>, mut backend: impl Persist) {
+    write_batches(table, &queue, &mut backend);
+    let table = table.read().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = backend.finish(&table) {
+        tracing::warn!(error = %e, "could not fold the journal into the state file at shutdown; it is replayed at the next start");
+    }
+}
+
+fn write_batches(
+    table: &RwLock<LockTable>,
+    queue: &mpsc::Receiver<Job>,
+    backend: &mut impl Persist,
+) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {

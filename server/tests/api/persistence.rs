@@ -268,3 +268,72 @@ fn holders_helper_reads_counts() {
         [("a".to_string(), 2)]
     );
 }
+
+#[test]
+fn changes_go_to_the_journal_and_a_clean_stop_folds_them_into_the_state_file() {
+    let mut server = Locker::start();
+    let client = Client::new();
+    client.put(&server.url("/lock/a"), &body("k", "r"));
+    let journal = server.state_file().with_file_name("locker.yml.journal");
+    let records = fs::read_to_string(&journal).unwrap();
+    assert_eq!(
+        records.lines().count(),
+        1,
+        "one record per batch: {records}"
+    );
+    assert!(records.contains(r#""revision":1"#), "{records}");
+    server.stop();
+    assert_eq!(fs::read(&journal).unwrap(), b"", "emptied at a clean stop");
+    let text = fs::read_to_string(server.state_file()).unwrap();
+    assert!(text.contains("revision: 1\nlocks:\n  a:\n"), "{text}");
+}
+
+#[test]
+fn torn_last_journal_record_is_dropped_and_earlier_ones_kept() {
+    let mut server = Locker::start();
+    let client = Client::new();
+    client.put(&server.url("/lock/a"), &body("k", "r"));
+    server.kill();
+    let journal = server.state_file().with_file_name("locker.yml.journal");
+    let mut bytes = fs::read(&journal).unwrap();
+    bytes.extend_from_slice(b"1234abcd {\"revision\":2,\"locks\":{\"b\":");
+    fs::write(&journal, &bytes).unwrap();
+    server.restart();
+    let (_, all) = client.get(&server.url("/locks"));
+    assert_eq!(all["a"]["key"], "k", "the acknowledged record is kept");
+    assert!(all.get("b").is_none(), "the torn record is dropped: {all}");
+    let (_, resp) = client.put(&server.url("/lock/c"), &body("k", "r"));
+    assert_eq!(resp["lock"]["revision"], 2);
+    server.kill();
+    server.restart();
+    let (_, all) = client.get(&server.url("/locks"));
+    assert_eq!(all["c"]["key"], "k", "appends after the cut replay: {all}");
+}
+
+#[test]
+fn damaged_journal_record_followed_by_others_is_refused_and_left_untouched() {
+    let mut server = Locker::start();
+    let client = Client::new();
+    client.put(&server.url("/lock/a"), &body("k", "r"));
+    client.put(&server.url("/lock/b"), &body("k", "r"));
+    server.kill();
+    let journal = server.state_file().with_file_name("locker.yml.journal");
+    let mut bytes = fs::read(&journal).unwrap();
+    bytes[20] ^= 0x01;
+    fs::write(&journal, &bytes).unwrap();
+    let state = fs::read(server.state_file()).unwrap();
+    let failure = Locker::start_on(
+        server.dir(),
+        server.state_file().to_owned(),
+        Options::default(),
+    )
+    .err()
+    .expect("must refuse a damaged journal");
+    assert!(failure.log.contains("line 1 is damaged"), "{}", failure.log);
+    assert_eq!(fs::read(&journal).unwrap(), bytes, "journal untouched");
+    assert_eq!(
+        fs::read(server.state_file()).unwrap(),
+        state,
+        "state file untouched"
+    );
+}
