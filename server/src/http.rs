@@ -81,6 +81,20 @@ pub fn app(store: LockStore, auth: Option<Credentials>) -> impl Endpoint<Output 
             }
         })
         .around(|ep, req| async move {
+            // RFC 9110: a 405 says which methods the path has.
+            let allow = if req.uri().path().starts_with("/lock/") {
+                "GET, PUT, DELETE"
+            } else {
+                "GET"
+            };
+            let mut resp = ep.call(req).await?;
+            if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                resp.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
+            Ok(resp)
+        })
+        .around(|ep, req| async move {
             let started = Instant::now();
             let method = req.method().clone();
             let path = req.uri().path().to_owned();
