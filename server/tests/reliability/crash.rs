@@ -1,8 +1,8 @@
 //! Crash under load: SIGKILL at a random moment never loses an answered change.
 //!
-//! Broken on purpose (tried): answering before persisting (in `store.rs`, reply to the batch
-//! before `backend.persist`, and skip the persist every other batch) makes
-//! `answered_changes_survive_sigkill_under_load` fail with "an answered change was lost".
+//! Broken on purpose (tried): answering every other batch without writing it (in `store.rs`,
+//! skip `backend.persist` on alternate batches) makes `answered_changes_survive_sigkill_under_load`
+//! fail with "lock 'lock-0' went back to revision 50 ... an answered change was lost".
 
 use std::time::Duration;
 

@@ -334,6 +334,7 @@ fn reachable(from: &LockState, requests: &[&Record], to: &LockState) -> bool {
 
 /// Checks that no two keys ever held one lock, from every answer in `history`.
 ///
+/// Every answer shows the lock's key and holders; each holder must be a requestor of that key.
 /// Every change takes the next server-wide revision and adds or removes exactly one claim.
 /// So between two answers on one lock at revisions `r1 < r2`, at most `r2 - r1` changes (less
 /// those answered on other locks) happened to it; if handing the lock from one key to another
@@ -347,6 +348,29 @@ pub fn check_mutual_exclusion(history: &[Record]) {
             Some((r, answer, *revision, state))
         })
         .collect();
+    // Each client claims with one key: a holder whose key is not the lock's means two keys.
+    let key_of: BTreeMap<&str, &str> = history
+        .iter()
+        .map(|r| (r.requestor.as_str(), r.key.as_str()))
+        .collect();
+    for (record, answer, revision, state) in &answers {
+        for holder in state.holders.keys() {
+            let key = key_of.get(holder.as_str()).copied().unwrap_or(&state.key);
+            assert_eq!(
+                key, state.key,
+                "lock '{}' at revision {revision} is held with key '{}', and also by '{holder}', \
+                 who claims with key '{key}': two keys held it at once",
+                record.name, state.key
+            );
+        }
+        if answer.changed && record.op == Op::Lock {
+            assert_eq!(
+                state.key, record.key,
+                "lock '{}' was granted to key '{}' but shows key '{}'",
+                record.name, record.key, state.key
+            );
+        }
+    }
     let mut change_owner: BTreeMap<u64, &str> = BTreeMap::new();
     for (record, answer, revision, _) in &answers {
         if answer.changed

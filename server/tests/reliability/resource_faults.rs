@@ -4,7 +4,8 @@
 //!
 //! Broken on purpose (tried): in the resource's `client.rs`, treating an unreachable server
 //! as a permanent error (`is_transient` false for `Unreachable`) makes
-//! `out_keeps_waiting_through_two_server_restarts` fail with "out ended while the server was down".
+//! `out_keeps_waiting_through_two_server_restarts` fail with "out ended while the server was
+//! down", and `unlock_waits_for_a_server_that_is_down_for_five_seconds` with "could not reach".
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

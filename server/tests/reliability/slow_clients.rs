@@ -4,7 +4,7 @@
 //!
 //! Broken on purpose (tried): serving without `connection::Limited` (in `server.rs`) makes
 //! `slowloris_and_idle_connections_do_not_starve_a_normal_client` fail with "the server still
-//! holds slowloris connections".
+//! holds slowloris connections after 12 s (100 of 100)".
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
