@@ -12,6 +12,7 @@
 //!       pipeline-a: 1
 //!     revision: 42
 //!     locked_at: 2026-11-27T10:00:00.123Z
+//! # end of locker state file
 //! ```
 //!
 //! The original Go server's file (JSON, `{"NAME": {"locked_by": {"R": 2}, "key": "K"}}`) is
@@ -44,6 +45,10 @@ use crate::rules::{Changes, Lock, LockTable};
 
 /// The format version this server writes and reads.
 pub const VERSION: u64 = 1;
+
+/// The last line of every state file this server writes. A file cut short anywhere (by a copy,
+/// a full disk or a careless edit) lacks it, even where what is left still parses as YAML.
+pub const END_LINE: &str = "# end of locker state file";
 
 /// Why the state file could not be opened. Each message names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -241,9 +246,7 @@ impl StateFile {
     /// empties the journal. A crash in between is harmless: the journal's records are at or
     /// below the new file's revision and are skipped on load.
     fn write_snapshot(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(self.snapshot_len as usize + 4096);
-        serde_norway::to_writer(&mut buf, &Snapshot { table, changes })
-            .map_err(io::Error::other)?;
+        let buf = render(table, changes, self.snapshot_len as usize + 4096)?;
         if let Err(e) = self.replace_with(&buf) {
             let _ = fs::remove_file(&self.tmp_path);
             return Err(e);
@@ -268,6 +271,15 @@ impl StateFile {
         fs::rename(&self.tmp_path, &self.path)?;
         self.dir.sync_all()
     }
+}
+
+/// The state file's bytes for `table` with `changes` laid over it.
+fn render(table: &LockTable, changes: &Changes, capacity: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_norway::to_writer(&mut buf, &Snapshot { table, changes }).map_err(io::Error::other)?;
+    buf.extend_from_slice(END_LINE.as_bytes());
+    buf.push(b'\n');
+    Ok(buf)
 }
 
 enum ParseError {
@@ -324,6 +336,11 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
                 .into_lock(stored.revision)
                 .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
             locks.insert(name, lock);
+        }
+        if !text.trim_end().ends_with(&format!("\n{END_LINE}")) {
+            return Err(ParseError::Invalid(format!(
+                "it does not end with the line '{END_LINE}', so it is incomplete (cut short by a copy, a full disk or an edit); if you edited it by hand, keep that line last"
+            )));
         }
         (
             LockTable {
@@ -542,11 +559,7 @@ mod tests {
             };
             table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }
-        let text = serde_norway::to_string(&Snapshot {
-            table: &table,
-            changes: &Changes::default(),
-        })
-        .unwrap();
+        let text = String::from_utf8(render(&table, &Changes::default(), 0).unwrap()).unwrap();
         let (loaded, format) = load(&text).unwrap();
         assert_eq!(format, Format::Current);
         assert_eq!(loaded, table, "written:\n{text}");
@@ -565,14 +578,34 @@ mod tests {
         batch.apply("b", Op::Unlock, &claim, SystemTime::UNIX_EPOCH);
         batch.apply("c", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         let changes = batch.into_changes();
-        let text = serde_norway::to_string(&Snapshot {
-            table: &table,
-            changes: &changes,
-        })
-        .unwrap();
+        let text = String::from_utf8(render(&table, &changes, 0).unwrap()).unwrap();
         let mut expected = table.clone();
         expected.commit(changes);
         assert_eq!(load(&text).unwrap().0, expected);
+    }
+
+    #[test]
+    fn a_file_cut_short_anywhere_is_refused() {
+        let mut table = LockTable::default();
+        for name in ["a", "b"] {
+            let claim = Claim {
+                key: "k".into(),
+                requestor: "r".into(),
+            };
+            table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+        }
+        let text = String::from_utf8(render(&table, &Changes::default(), 0).unwrap()).unwrap();
+        assert_eq!(load(&text).unwrap().0, table);
+        assert_eq!(
+            load(text.trim_end()).unwrap().0,
+            table,
+            "a missing final newline is fine"
+        );
+        for cut in 0..text.trim_end().len() {
+            if let Ok((loaded, _)) = load(&text[..cut]) {
+                panic!("cut at {cut} loaded {loaded:?}");
+            }
+        }
     }
 
     #[test]

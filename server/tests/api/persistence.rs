@@ -230,7 +230,10 @@ fn leftover_temporary_file_is_ignored_and_last_good_state_loads() {
 fn missing_file_is_created_empty() {
     let server = Locker::start();
     let text = fs::read_to_string(server.state_file()).unwrap();
-    assert_eq!(text, "version: 1\nrevision: 0\nlocks: {}\n");
+    assert_eq!(
+        text,
+        "version: 1\nrevision: 0\nlocks: {}\n# end of locker state file\n"
+    );
     assert!(server.log().contains("created empty"), "{}", server.log());
 }
 
