@@ -8,7 +8,8 @@
 //! - [`store`]: the writer thread that group-commits changes and publishes them once durable.
 //! - [`http`]: the HTTP API (poem), wire-compatible with the original server.
 //! - [`config`]: configuration from the environment.
-//! - [`server`]: start-up, TLS, graceful shutdown.
+//! - [`server`]: start-up, graceful shutdown.
+//! - [`tls`]: HTTPS with a configuration checked at start-up.
 //! - [`connection`]: limits on slow clients and on the number of connections.
 //! - [`healthcheck`]: the `locker healthcheck` probe for container runtimes.
 
@@ -22,3 +23,4 @@ pub mod rules;
 pub mod server;
 pub mod state_file;
 pub mod store;
+pub mod tls;

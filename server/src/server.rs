@@ -6,9 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::{
-    Acceptor, AcceptorExt, Listener, RustlsCertificate, RustlsConfig, TcpListener,
-};
+use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -17,6 +15,7 @@ use crate::connection::{self, Limited};
 use crate::http;
 use crate::state_file::{Format, OpenError, StateFile};
 use crate::store::LockStore;
+use crate::tls::TlsAcceptor;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -48,19 +47,17 @@ pub async fn run(
 
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let tcp = TcpListener::bind(addr);
+    let tcp = tcp
+        .into_acceptor()
+        .await
+        .map_err(|source| ServerError::Bind {
+            port: config.port,
+            source,
+        })?;
     let (acceptor, scheme) = match tls {
-        Some((cert, key)) => {
-            let tls_config =
-                RustlsConfig::new().fallback(RustlsCertificate::new().cert(cert).key(key));
-            let acceptor = tcp.rustls(tls_config).into_acceptor().await;
-            (acceptor.map(|a| a.boxed()), "https")
-        }
-        None => (tcp.into_acceptor().await.map(|a| a.boxed()), "http"),
+        Some(tls_config) => (TlsAcceptor::new(tcp, tls_config).boxed(), "https"),
+        None => (tcp.boxed(), "http"),
     };
-    let acceptor = acceptor.map_err(|source| ServerError::Bind {
-        port: config.port,
-        source,
-    })?;
     let local = acceptor
         .local_addr()
         .first()
@@ -106,8 +103,8 @@ pub async fn run(
     served.map_err(ServerError::Serve)
 }
 
-/// Reads the certificate chain and key, and checks that rustls accepts them together.
-fn load_tls(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), ServerError> {
+/// Reads the certificate chain and key into a TLS configuration, checking that they match.
+fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let read = |path: &std::path::Path, var: &str| {
         std::fs::read(path)
             .map_err(|e| ServerError::Tls(format!("cannot read {var}={}: {e}", path.display())))
@@ -135,7 +132,7 @@ fn load_tls(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), ServerError> {
         ))
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
         .map_err(|e| {
@@ -145,5 +142,6 @@ fn load_tls(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), ServerError> {
                 files.key.display()
             ))
         })?;
-    Ok((cert_pem, key_pem))
+    tls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(tls_config))
 }
