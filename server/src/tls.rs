@@ -42,14 +42,14 @@ impl<A: Acceptor> Acceptor for TlsAcceptor<A> {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
         let (io, local, remote, _) = self.inner.accept().await?;
-        let connection = TlsConnection::Handshaking(self.tls.accept(io));
+        let connection = TlsConnection::Handshaking(Box::new(self.tls.accept(io)));
         Ok((connection, local, remote, Scheme::HTTPS))
     }
 }
 
 /// A server-side TLS connection that completes its handshake on first use.
 pub enum TlsConnection<IO> {
-    Handshaking(tokio_rustls::Accept<IO>),
+    Handshaking(Box<tokio_rustls::Accept<IO>>),
     Ready(Box<TlsStream<IO>>),
     Failed,
 }
@@ -58,7 +58,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConnection<IO> {
     /// Drives the handshake; ready once the stream can carry data.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut TlsStream<IO>>> {
         if let TlsConnection::Handshaking(accept) = self {
-            match Pin::new(accept).poll(cx) {
+            match Pin::new(accept.as_mut()).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(stream)) => *self = TlsConnection::Ready(Box::new(stream)),
                 Poll::Ready(Err(e)) => {
