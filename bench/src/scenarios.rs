@@ -1,0 +1,568 @@
+//! The eight scenarios of the benchmark, each starting the servers it needs and adding its rows
+//! (and the verdict on its target) to the report.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::clients::{Contender, EtcdLockCycle, FreshConnectionCycle, Health, OwnLockCycle};
+use crate::http::{Connection, request};
+use crate::load::{self, Client, Outcome, Period};
+use crate::report::{Report, Row, ms, percent, thousands};
+use crate::servers::{self, Etcd, Locker, LockerOptions};
+use crate::state;
+
+/// Concurrent clients in the multi-client scenarios.
+pub const CLIENTS: usize = 64;
+/// Other held locks in the big-table scenario.
+const BIG_TABLE: usize = 10_000;
+/// Locks in the start-up scenario's state file.
+const STARTUP_TABLE: usize = 100_000;
+/// Held locks on the server the resource processes talk to.
+const RESOURCE_TABLE: usize = 100;
+/// Timed runs of each process in the resource scenario (after a few untimed ones).
+const PROCESS_RUNS: usize = 25;
+
+/// How a run is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub period: Period,
+    /// Where the servers keep their files; must be on the disk being measured (not tmpfs).
+    pub data_dir: PathBuf,
+    /// `RUST_LOG` of the locker servers, except in the row that compares log levels.
+    pub log_level: String,
+}
+
+/// A locker server and the directory it lives in (dropped after the server stops).
+struct Running {
+    server: Locker,
+    _dir: TempDir,
+}
+
+/// One run of some scenarios; results of earlier scenarios feed later comparisons.
+pub struct Bench {
+    settings: Settings,
+    bins: PathBuf,
+    work: TempDir,
+    pub report: Report,
+    ceiling: Option<f64>,
+    durable_many: Option<Outcome>,
+    durable_one: Option<Outcome>,
+}
+
+impl Bench {
+    pub fn new(settings: Settings) -> anyhow::Result<Bench> {
+        let bins = servers::workspace_bins()?;
+        let work = tempfile::Builder::new()
+            .prefix("locker-bench-")
+            .tempdir_in(&settings.data_dir)
+            .with_context(|| format!("making a directory in {}", settings.data_dir.display()))?;
+        Ok(Bench {
+            settings,
+            bins,
+            work,
+            report: Report::default(),
+            ceiling: None,
+            durable_many: None,
+            durable_one: None,
+        })
+    }
+
+    /// Runs the scenarios whose numbers are in `which`, in order.
+    pub async fn run(&mut self, which: &[u8]) -> anyhow::Result<()> {
+        for &n in which {
+            eprintln!("scenario {n} ...");
+            match n {
+                1 => self.ceiling().await?,
+                2 => self.durable_cycles().await?,
+                3 => self.big_table().await?,
+                4 => self.contention().await?,
+                5 => self.connection_per_request().await?,
+                6 => self.etcd().await?,
+                7 => self.startup().await?,
+                8 => self.resource_processes().await?,
+                _ => bail!("there is no scenario {n} (they are 1 to 8)"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The smoke test: scenario 2 with 64 clients, briefly. Fails only if requests fail.
+    pub async fn smoke(&mut self) -> anyhow::Result<()> {
+        let running = self.locker(None, &self.settings.log_level.clone()).await?;
+        let outcome = self
+            .measure(
+                "2",
+                |i| OwnLockCycle::connect(running.server.addr, i),
+                CLIENTS,
+            )
+            .await?;
+        let row = Row::measured("2", "Durable cycles (smoke)", &outcome, "cycles/s");
+        self.report.rows.push(row);
+        if !outcome.errors.is_empty() {
+            bail!(
+                "{} clients failed: {}",
+                outcome.errors.len(),
+                outcome.errors[0]
+            );
+        }
+        if outcome.count == 0 {
+            bail!("no cycle completed in the measured period");
+        }
+        running.server.stop()
+    }
+
+    async fn locker(&self, initial: Option<&Path>, log_level: &str) -> anyhow::Result<Running> {
+        let dir = tempfile::Builder::new()
+            .prefix("locker-")
+            .tempdir_in(self.work.path())?;
+        let server = Locker::start(LockerOptions {
+            bin_dir: &self.bins,
+            dir: dir.path(),
+            initial_state: initial,
+            log_level,
+        })
+        .await?;
+        Ok(Running { server, _dir: dir })
+    }
+
+    /// Connects `n` clients made by `make`, runs them, and notes any that failed.
+    async fn measure<C, F, Fut>(&mut self, id: &str, make: F, n: usize) -> anyhow::Result<Outcome>
+    where
+        C: Client,
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = anyhow::Result<C>>,
+    {
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            clients.push(make(i).await?);
+        }
+        let outcome = load::run(clients, self.settings.period).await;
+        if let Some(first) = outcome.errors.first() {
+            self.report.notes.push(format!(
+                "Scenario {id}: {} of {n} clients stopped on an error; the first: {first}",
+                outcome.errors.len()
+            ));
+        }
+        Ok(outcome)
+    }
+
+    async fn ceiling(&mut self) -> anyhow::Result<()> {
+        let running = self.locker(None, &self.settings.log_level.clone()).await?;
+        let addr = running.server.addr;
+        let outcome = self
+            .measure("1", |_| Health::connect(addr), CLIENTS)
+            .await?;
+        self.ceiling = Some(outcome.rate());
+        let mut row = Row::measured("1", "Ceiling: `GET /healthz`", &outcome, "req/s");
+        row.comparison = "what HTTP allows".into();
+        self.report.rows.push(row);
+
+        let mut wrk_row = Row::plain("1w", "`wrk` on `GET /healthz` (generator check)");
+        wrk_row.clients = CLIENTS.to_string();
+        match wrk(&running.server.url(), self.settings.period) {
+            Ok(rate) => {
+                wrk_row.rate = format!("{} req/s", thousands(rate));
+                wrk_row.comparison = format!(
+                    "our generator reaches {} of wrk",
+                    percent(outcome.rate(), rate)
+                );
+                wrk_row.judge("generator ≥ wrk", outcome.rate() >= rate);
+            }
+            Err(e) => wrk_row.comparison = format!("not run: {e:#}"),
+        }
+        self.report.rows.push(wrk_row);
+        running.server.stop()
+    }
+
+    async fn durable_cycles(&mut self) -> anyhow::Result<()> {
+        let level = self.settings.log_level.clone();
+        let (many, one) = self.cycles("2", None, &level).await?;
+        let len = self.report.rows.len();
+        let many_row = &mut self.report.rows[len - 2];
+        if let Some(ceiling) = self.ceiling {
+            // The ceiling counts requests; a cycle is two requests, each durable.
+            let requests = 2.0 * many.rate();
+            many_row.comparison = format!(
+                "{} req/s = {} of the ceiling",
+                thousands(requests),
+                percent(requests, ceiling)
+            );
+            many_row.judge(
+                "≥ 50 % of ceiling, p99 < 10 ms",
+                requests >= 0.5 * ceiling && many.percentile(99.0) < Duration::from_millis(10),
+            );
+        }
+        let one_row = self.report.rows.last_mut().expect("row just added");
+        one_row.comparison = "two durable commits per cycle".into();
+
+        // The same at the other log level: info writes one line per request.
+        let other = if level == "info" { "warn" } else { "info" };
+        let running = self.locker(None, other).await?;
+        let addr = running.server.addr;
+        let outcome = self
+            .measure("2", |i| OwnLockCycle::connect(addr, i), CLIENTS)
+            .await?;
+        let mut row = Row::measured(
+            "2",
+            &format!("Durable cycles, `RUST_LOG={other}`"),
+            &outcome,
+            "cycles/s",
+        );
+        row.comparison = format!(
+            "{} of `RUST_LOG={level}`",
+            percent(outcome.rate(), many.rate())
+        );
+        self.report.rows.push(row);
+        running.server.stop()?;
+
+        self.durable_many = Some(many);
+        self.durable_one = Some(one);
+        Ok(())
+    }
+
+    /// Durable own-lock cycles with 64 clients and with 1; adds both rows.
+    async fn cycles(
+        &mut self,
+        id: &str,
+        initial: Option<&Path>,
+        level: &str,
+    ) -> anyhow::Result<(Outcome, Outcome)> {
+        let what = match initial {
+            None => "Durable cycles (PUT+DELETE)".to_string(),
+            Some(_) => format!(
+                "Durable cycles, {} other locks held",
+                thousands(BIG_TABLE as f64)
+            ),
+        };
+        let mut outcomes = Vec::new();
+        for n in [CLIENTS, 1] {
+            // A fresh server for each, so the second does not inherit the first's file.
+            let running = self.locker(initial, level).await?;
+            let addr = running.server.addr;
+            let outcome = self
+                .measure(id, |i| OwnLockCycle::connect(addr, i), n)
+                .await?;
+            self.report
+                .rows
+                .push(Row::measured(id, &what, &outcome, "cycles/s"));
+            running.server.stop()?;
+            outcomes.push(outcome);
+        }
+        let one = outcomes.pop().expect("two runs");
+        let many = outcomes.pop().expect("two runs");
+        Ok((many, one))
+    }
+
+    async fn big_table(&mut self) -> anyhow::Result<()> {
+        let file = self.work.path().join("big-table.yml");
+        state::write_held_locks(&file, BIG_TABLE)?;
+        let level = self.settings.log_level.clone();
+        let (many, one) = self.cycles("3", Some(&file), &level).await?;
+        let len = self.report.rows.len();
+        if let Some(base) = &self.durable_many {
+            let row = &mut self.report.rows[len - 2];
+            row.comparison = format!("{} of scenario 2", percent(many.rate(), base.rate()));
+            row.judge("≥ 80 % of scenario 2", many.rate() >= 0.8 * base.rate());
+        }
+        if let Some(base) = &self.durable_one {
+            let row = &mut self.report.rows[len - 1];
+            row.comparison = format!(
+                "p50 {} × scenario 2's",
+                ratio(one.percentile(50.0), base.percentile(50.0))
+            );
+        }
+        Ok(())
+    }
+
+    async fn contention(&mut self) -> anyhow::Result<()> {
+        let running = self.locker(None, &self.settings.log_level.clone()).await?;
+        let addr = running.server.addr;
+        let refusals = Arc::new(AtomicU64::new(0));
+        let outcome = self
+            .measure(
+                "4",
+                |i| Contender::connect(addr, i, refusals.clone()),
+                CLIENTS,
+            )
+            .await?;
+        let mut row = Row::measured("4", "Contention: 64 keys, 1 lock", &outcome, "grants/s");
+        let min = outcome.per_client.iter().min().copied().unwrap_or(0);
+        let max = outcome.per_client.iter().max().copied().unwrap_or(0);
+        // Refusals are counted over warm-up and measurement; scale to the measured period.
+        let total = self.settings.period.warm_up + self.settings.period.measured;
+        let refused = refusals.load(Ordering::Relaxed) as f64 / total.as_secs_f64();
+        row.comparison = format!(
+            "grants per client {min}–{max}, Jain fairness {:.2}; {} refusals (423)/s; latency is lock-wait + cycle",
+            outcome.fairness(),
+            thousands(refused)
+        );
+        self.report.rows.push(row);
+        running.server.stop()
+    }
+
+    async fn connection_per_request(&mut self) -> anyhow::Result<()> {
+        let running = self.locker(None, &self.settings.log_level.clone()).await?;
+        let addr = running.server.addr;
+        let outcome = self
+            .measure(
+                "5",
+                |i| async move { Ok(FreshConnectionCycle::new(addr, i)) },
+                CLIENTS,
+            )
+            .await?;
+        let mut row = Row::measured("5", "One connection per request", &outcome, "cycles/s");
+        if let Some(base) = &self.durable_many {
+            row.comparison = format!(
+                "{} of keep-alive (scenario 2)",
+                percent(outcome.rate(), base.rate())
+            );
+        }
+        self.report.rows.push(row);
+        running.server.stop()
+    }
+
+    async fn etcd(&mut self) -> anyhow::Result<()> {
+        let Some(version) = servers::etcd_version() else {
+            let mut row = Row::plain("6", "etcd lock API");
+            row.comparison =
+                "not run: `etcd` is not installed (Debian: apt-get install etcd-server)".into();
+            self.report.rows.push(row);
+            return Ok(());
+        };
+        let mut outcomes = Vec::new();
+        for n in [CLIENTS, 1] {
+            let dir = tempfile::Builder::new()
+                .prefix("etcd-")
+                .tempdir_in(self.work.path())?;
+            let etcd = Etcd::start(dir.path()).await?;
+            let addr = etcd.addr;
+            let outcome = self
+                .measure("6", |i| EtcdLockCycle::connect(addr, i), n)
+                .await?;
+            let mut row = Row::measured(
+                "6",
+                &format!("etcd {version} lock+unlock, own lock each"),
+                &outcome,
+                "cycles/s",
+            );
+            let locker = if n == 1 {
+                &self.durable_one
+            } else {
+                &self.durable_many
+            };
+            if let Some(locker) = locker {
+                if n == 1 {
+                    let (ours, theirs) = (locker.percentile(50.0), outcome.percentile(50.0));
+                    row.comparison = format!(
+                        "locker p50 {} ms = {} × etcd's",
+                        ms(ours),
+                        ratio(ours, theirs)
+                    );
+                    row.judge("locker p50 ≤ etcd's", ours <= theirs);
+                } else {
+                    let x = locker.rate() / outcome.rate();
+                    row.comparison = format!("locker/etcd = {x:.2}");
+                    row.judge("locker ≥ 2 × etcd", x >= 2.0);
+                }
+            }
+            self.report.rows.push(row);
+            drop(etcd);
+            outcomes.push(outcome);
+        }
+        Ok(())
+    }
+
+    async fn startup(&mut self) -> anyhow::Result<()> {
+        let file = self.work.path().join("startup.yml");
+        state::write_held_locks(&file, STARTUP_TABLE)?;
+        let file_len = fs::metadata(&file)?.len();
+        let running = self
+            .locker(Some(&file), &self.settings.log_level.clone())
+            .await?;
+        let server = &running.server;
+        let first = server.started_in;
+        let rss_start = servers::peak_rss(server.pid())?;
+
+        let mut conn = Connection::connect(server.addr).await?;
+        let status = conn
+            .send(&request("GET", "/lock/held-050000", None, false))
+            .await?;
+        if status != 200 || !String::from_utf8_lossy(conn.body()).contains("key-50000") {
+            bail!(
+                "the server did not load the 100,000-lock file: GET /lock/held-050000 answered {status}"
+            );
+        }
+        let began = Instant::now();
+        let put = request("PUT", "/lock/bench-0", Some(r#"{"key":"k"}"#), false);
+        let status = conn.send(&put).await?;
+        let write = began.elapsed();
+        if status != 200 {
+            bail!("PUT on the 100,000-lock server answered {status}");
+        }
+        let began = Instant::now();
+        conn.send(&request("GET", "/locks", None, false)).await?;
+        let list = began.elapsed();
+        let list_len = conn.body().len();
+        let rss_peak = servers::peak_rss(server.pid())?;
+
+        let mut row = Row::plain(
+            "7",
+            &format!("Start-up with {} locks", thousands(STARTUP_TABLE as f64)),
+        );
+        row.comparison = format!(
+            "first response {} ms after spawn; peak RSS {:.1} MB after start, {:.1} MB after one PUT ({} ms) and GET /locks ({} ms, {:.1} MB); state file {:.1} MB",
+            ms(first),
+            mb(rss_start),
+            mb(rss_peak),
+            ms(write),
+            ms(list),
+            mb(list_len as u64),
+            mb(file_len)
+        );
+        row.judge(
+            "first response ≤ 1 s, peak RSS < 64 MB",
+            first <= Duration::from_secs(1) && rss_peak < 64 * 1_000_000,
+        );
+        self.report.rows.push(row);
+        running.server.stop()
+    }
+
+    async fn resource_processes(&mut self) -> anyhow::Result<()> {
+        for tool in ["bash", "curl", "jq", "sha1sum"] {
+            if Command::new("which")
+                .arg(tool)
+                .stdout(Stdio::null())
+                .status()
+                .map_or(true, |s| !s.success())
+            {
+                let mut row = Row::plain("8", "`check` vs shell pipeline");
+                row.comparison = format!("not run: `{tool}` is not installed");
+                self.report.rows.push(row);
+                return Ok(());
+            }
+        }
+        let file = self.work.path().join("resource.yml");
+        state::write_held_locks(&file, RESOURCE_TABLE)?;
+        let running = self
+            .locker(Some(&file), &self.settings.log_level.clone())
+            .await?;
+        let input = format!(
+            r#"{{"source":{{"locker_uri":"{}","lock_name":"held-000042"}},"version":null}}"#,
+            running.server.url()
+        );
+        let check = self.bins.join("check");
+        let mut check_times = Vec::new();
+        let mut shell_times = Vec::new();
+        // Alternate the two so both see the same background noise.
+        for i in 0..PROCESS_RUNS + 3 {
+            let c = time_process(Command::new(&check), &input, "revision")?;
+            let mut bash = Command::new("bash");
+            bash.args(["-c", SHELL_CHECK]);
+            let s = time_process(bash, &input, "sha")?;
+            if i >= 3 {
+                check_times.push(c);
+                shell_times.push(s);
+            }
+        }
+        check_times.sort();
+        shell_times.sort();
+        let (c, s) = (median(&check_times), median(&shell_times));
+        let mut row = Row::plain("8", "Resource `check` process (median wall time)");
+        row.p50 = ms(c);
+        row.max = ms(*check_times.last().expect("runs"));
+        row.comparison = format!(
+            "shell pipeline (`curl \\| sha1sum` + 10 `jq`) median {} ms: check is {:.1} × faster ({PROCESS_RUNS} runs each, {RESOURCE_TABLE} locks held)",
+            ms(s),
+            s.as_secs_f64() / c.as_secs_f64()
+        );
+        row.judge("≥ 10 × faster", s >= c * 10);
+        self.report.rows.push(row);
+        running.server.stop()
+    }
+}
+
+/// What the original bash resource's `check` did: ten `jq` calls to read its input, then a
+/// digest of the whole lock table as the version.
+const SHELL_CHECK: &str = r#"set -euo pipefail
+payload=$(cat)
+uri=$(jq -r '.source.locker_uri // empty' <<<"$payload")
+lock_name=$(jq -r '.source.lock_name // empty' <<<"$payload")
+key=$(jq -r '.source.key // empty' <<<"$payload")
+locked_by=$(jq -r '.source.locked_by // empty' <<<"$payload")
+username=$(jq -r '.source.username // empty' <<<"$payload")
+password=$(jq -r '.source.password // empty' <<<"$payload")
+skip_ssl=$(jq -r '.source.skip_ssl_validation // false' <<<"$payload")
+ca_cert=$(jq -r '.source.ca_cert // empty' <<<"$payload")
+version=$(jq -r '.version.sha // empty' <<<"$payload")
+params=$(jq -c '.params // {}' <<<"$payload")
+sha=$(curl -fsS "$uri/locks" | sha1sum)
+printf '[{"sha":"%s"}]\n' "${sha%% *}"
+"#;
+
+/// Runs a process with `input` on stdin and returns its wall time; its stdout must contain
+/// `expected`.
+fn time_process(mut cmd: Command, input: &str, expected: &str) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let elapsed = began.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains(expected) {
+        bail!(
+            "{:?} failed ({}): stdout {stdout:?}, stderr {:?}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+/// Runs `wrk` with the generator's connection count and period; returns its requests/s.
+fn wrk(url: &str, period: Period) -> anyhow::Result<f64> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let out = Command::new("wrk")
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{CLIENTS}"))
+        .arg(format!("-d{}s", period.measured.as_secs().max(1)))
+        .arg(format!("{url}/healthz"))
+        .output()
+        .context("`wrk` could not be run (Debian: apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    sorted[sorted.len() / 2]
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        return "n/a".into();
+    }
+    format!("{:.2}", a.as_secs_f64() / b.as_secs_f64())
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1_000_000.0
+}
