@@ -1,25 +1,26 @@
-//! State files with many held locks, written in the server's version 1 YAML format, for the
+//! State files with many held locks, written by the server's own state file code, for the
 //! big-table and start-up scenarios.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use locker_server::rules::{Claim, LockTable, Op};
+use locker_server::state_file;
 
 /// Writes a state file in which `count` locks (`held-000000`, ...) are each held by its own
 /// key and requestor; the benchmark's own lock names never collide with them.
 pub fn write_held_locks(path: &Path, count: usize) -> std::io::Result<()> {
-    let mut text = String::with_capacity(count * 120 + 64);
-    let _ = write!(text, "version: 1\nrevision: {count}\nlocks:\n");
+    let mut table = LockTable::default();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
     for i in 0..count {
-        let _ = write!(
-            text,
-            "  held-{i:06}:\n    key: key-{i}\n    locked_by:\n      pipeline-{i}: 1\n    revision: {}\n    locked_at: 2026-11-27T10:00:00.123Z\n",
-            i + 1
-        );
+        let claim = Claim {
+            key: format!("key-{i}"),
+            requestor: format!("pipeline-{i}"),
+        };
+        table.apply(&format!("held-{i:06}"), Op::Lock, &claim, at);
     }
-    // The server refuses a file without its end line: it takes it for one cut short.
-    text.push_str("# end of locker state file\n");
-    fs::write(path, text)
+    fs::write(path, state_file::to_bytes(&table)?)
 }
 
 #[cfg(test)]
@@ -27,14 +28,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_one_entry_per_lock_under_the_header() {
+    fn writes_one_held_lock_per_entry() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.yml");
         write_held_locks(&path, 2).unwrap();
         let text = fs::read_to_string(path).unwrap();
-        assert!(text.starts_with("version: 1\nrevision: 2\nlocks:\n  held-000000:\n"));
-        assert_eq!(text.matches("locked_at:").count(), 2);
-        assert!(text.contains("    revision: 2\n"));
+        assert!(
+            text.starts_with(
+                "version: 1\nrevision: 2\nlocks:\n  \"held-000000\": {\"key\":\"key-0\""
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("locked_at").count(), 2);
         assert!(text.ends_with("\n# end of locker state file\n"));
     }
 }

@@ -1,19 +1,19 @@
 //! The state file: where the lock table lives between runs, and how it is replaced safely.
 //!
-//! The file is YAML with a version header:
+//! The file is YAML with a version header, one lock per line (as a JSON-style flow mapping,
+//! which is YAML too), and an end line that shows the file is complete:
 //!
 //! ```yaml
 //! version: 1
 //! revision: 42
 //! locks:
-//!   prod:
-//!     key: deploy-1
-//!     locked_by:
-//!       pipeline-a: 1
-//!     revision: 42
-//!     locked_at: 2026-11-27T10:00:00.123Z
+//!   "prod": {"key":"deploy-1","locked_by":{"pipeline-a":1},"revision":42,"locked_at":"2026-11-27T10:00:00.123Z"}
+//!   "staging": {"key":"","locked_by":{},"revision":40,"locked_at":null}
 //! # end of locker state file
 //! ```
+//!
+//! Any YAML of the same shape is read too (a hand-edited file, say); the one-line form is
+//! only what this server writes, because it is quick to write and to read back.
 //!
 //! The original Go server's file (JSON, `{"NAME": {"locked_by": {"R": 2}, "key": "K"}}`) is
 //! read as well and replaced by this format on the first change.
@@ -273,13 +273,119 @@ impl StateFile {
     }
 }
 
+/// The bytes of a state file holding `table`, exactly as the server writes it (for tools and
+/// benchmarks that prepare state files).
+pub fn to_bytes(table: &LockTable) -> io::Result<Vec<u8>> {
+    render(table, &Changes::default(), 0)
+}
+
 /// The state file's bytes for `table` with `changes` laid over it.
+///
+/// Block YAML at the top, one lock per line as a JSON-style flow mapping (valid YAML, and
+/// quick to write and read back; see [`parse_canonical`]):
+///
+/// ```yaml
+/// locks:
+///   "prod": {"key":"k","locked_by":{"r":1},"revision":42,"locked_at":"2026-11-27T10:00:00.123Z"}
+/// ```
 fn render(table: &LockTable, changes: &Changes, capacity: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(capacity);
-    serde_norway::to_writer(&mut buf, &Snapshot { table, changes }).map_err(io::Error::other)?;
-    buf.extend_from_slice(END_LINE.as_bytes());
-    buf.push(b'\n');
-    Ok(buf)
+    let mut out = Vec::with_capacity(capacity);
+    let revision = table.revision.max(changes.revision);
+    writeln!(out, "version: {VERSION}\nrevision: {revision}")?;
+    let mut locks = merged(table, changes).peekable();
+    if locks.peek().is_none() {
+        out.extend_from_slice(b"locks: {}\n");
+    }
+    for (i, (name, lock)) in locks.enumerate() {
+        if i == 0 {
+            out.extend_from_slice(b"locks:\n");
+        }
+        out.extend_from_slice(b"  ");
+        write_yaml_safe_json(&mut out, &serde_json::to_string(name)?);
+        out.extend_from_slice(b": ");
+        write_yaml_safe_json(&mut out, &serde_json::to_string(&LockView(lock))?);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(END_LINE.as_bytes());
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Writes JSON so that it is also YAML with the same meaning: characters that YAML does not
+/// allow raw, or that YAML 1.1 parsers take for line breaks, are escaped. Such characters can
+/// only stand inside JSON strings, where `\uXXXX` means the same in both languages.
+fn write_yaml_safe_json(out: &mut Vec<u8>, json: &str) {
+    for c in json.chars() {
+        if c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+            )
+        {
+            out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+}
+
+/// The table's locks with `changes` laid over them, in name order.
+fn merged<'a>(
+    table: &'a LockTable,
+    changes: &'a Changes,
+) -> impl Iterator<Item = (&'a String, &'a Lock)> {
+    let mut base = table.locks.iter().peekable();
+    let mut changed = changes.locks.iter().peekable();
+    std::iter::from_fn(move || match (base.peek(), changed.peek()) {
+        (None, None) => None,
+        (Some(_), None) => base.next(),
+        (None, Some(_)) => changed.next(),
+        (Some((b, _)), Some((c, _))) => match b.cmp(c) {
+            std::cmp::Ordering::Less => base.next(),
+            std::cmp::Ordering::Greater => changed.next(),
+            std::cmp::Ordering::Equal => {
+                base.next();
+                changed.next()
+            }
+        },
+    })
+}
+
+/// Reads a file in exactly the form [`render`] writes, without a YAML parser (which would
+/// hold every event of a large file in memory at once). Returns `None` for anything else,
+/// such as a hand-edited file, which then goes through the full YAML parser.
+fn parse_canonical(text: &str) -> Option<(u64, BTreeMap<String, StoredLock>)> {
+    let mut lines = text.lines();
+    if lines.next()? != format!("version: {VERSION}") {
+        return None;
+    }
+    let revision: u64 = lines.next()?.strip_prefix("revision: ")?.parse().ok()?;
+    let mut locks = BTreeMap::new();
+    match lines.next()? {
+        "locks: {}" => {}
+        "locks:" => {}
+        _ => return None,
+    }
+    for line in lines.by_ref() {
+        let Some(entry) = line.strip_prefix("  ") else {
+            if line == END_LINE {
+                break;
+            }
+            return None;
+        };
+        let mut names = serde_json::Deserializer::from_str(entry).into_iter::<String>();
+        let name = names.next()?.ok()?;
+        let value = entry[names.byte_offset()..].strip_prefix(": ")?;
+        let lock: StoredLock = serde_json::from_str(value).ok()?;
+        if locks.insert(name, lock).is_some() {
+            return None;
+        }
+    }
+    if lines.any(|l| !l.trim().is_empty()) {
+        return None;
+    }
+    Some((revision, locks))
 }
 
 enum ParseError {
@@ -322,8 +428,16 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
             .collect();
         (LockTable { revision: 0, locks }, Format::Legacy)
     } else {
-        let stored: StoredState = serde_norway::from_str(text)
-            .map_err(|e| ParseError::Invalid(format!("it is not a valid version 1 file: {e}")))?;
+        let stored = match parse_canonical(text) {
+            Some((revision, locks)) => StoredState {
+                version: VERSION,
+                revision,
+                locks: UniqueMap(locks),
+            },
+            None => serde_norway::from_str(text).map_err(|e| {
+                ParseError::Invalid(format!("it is not a valid version 1 file: {e}"))
+            })?,
+        };
         if stored.version != VERSION {
             return Err(ParseError::Invalid(format!(
                 "it has version {}, and this server reads version {VERSION} only",
@@ -436,56 +550,6 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     }
 }
 
-/// The whole file as written: the table with a batch's changes laid over it.
-struct Snapshot<'a> {
-    table: &'a LockTable,
-    changes: &'a Changes,
-}
-
-impl Serialize for Snapshot<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let revision = self.table.revision.max(self.changes.revision);
-        let mut map = s.serialize_map(Some(3))?;
-        map.serialize_entry("version", &VERSION)?;
-        map.serialize_entry("revision", &revision)?;
-        map.serialize_entry("locks", &MergedLocks(self))?;
-        map.end()
-    }
-}
-
-struct MergedLocks<'a>(&'a Snapshot<'a>);
-
-impl Serialize for MergedLocks<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let base = &self.0.table.locks;
-        let changed = &self.0.changes.locks;
-        let added = changed.keys().filter(|k| !base.contains_key(*k)).count();
-        let mut map = s.serialize_map(Some(base.len() + added))?;
-        let mut base_iter = base.iter().peekable();
-        let mut changed_iter = changed.iter().peekable();
-        // Both maps are sorted: merge them, the change winning on equal names.
-        loop {
-            let next = match (base_iter.peek(), changed_iter.peek()) {
-                (None, None) => break,
-                (Some(_), None) => base_iter.next(),
-                (None, Some(_)) => changed_iter.next(),
-                (Some((b, _)), Some((c, _))) => match b.cmp(c) {
-                    std::cmp::Ordering::Less => base_iter.next(),
-                    std::cmp::Ordering::Greater => changed_iter.next(),
-                    std::cmp::Ordering::Equal => {
-                        base_iter.next();
-                        changed_iter.next()
-                    }
-                },
-            };
-            if let Some((name, lock)) = next {
-                map.serialize_entry(name, &LockView(lock))?;
-            }
-        }
-        map.end()
-    }
-}
-
 /// How a lock is written, in the state file and in the HTTP API alike.
 pub struct LockView<'a>(pub &'a Lock);
 
@@ -582,6 +646,63 @@ mod tests {
         let mut expected = table.clone();
         expected.commit(changes);
         assert_eq!(load(&text).unwrap().0, expected);
+    }
+
+    #[test]
+    fn written_form_reads_the_same_with_a_yaml_parser() {
+        let mut table = LockTable::default();
+        let texts = [
+            "null",
+            "~",
+            "- x",
+            "#x",
+            " spaced ",
+            "a: b",
+            "\"dq\"",
+            "back\\slash",
+            "tab\tin",
+            "line\u{2028}sep",
+            "para\u{2029}sep",
+            "del\u{7f}",
+            "\u{feff}bom",
+            "nel\u{85}",
+            "\u{fffe}",
+            "🚀 ümlaut",
+            "{x}",
+            "[x]",
+            "'q'",
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            let claim = Claim {
+                key: text.to_string(),
+                requestor: format!("{text}-{i}"),
+            };
+            table.apply(text, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+        }
+        let text = String::from_utf8(render(&table, &Changes::default(), 0).unwrap()).unwrap();
+        let (revision, fast) = parse_canonical(&text).expect("the written form is canonical");
+        let yaml: StoredState = serde_norway::from_str(&text).unwrap();
+        assert_eq!((revision, yaml.revision), (table.revision, table.revision));
+        let convert = |locks: BTreeMap<String, StoredLock>| -> BTreeMap<String, Lock> {
+            locks
+                .into_iter()
+                .map(|(n, l)| (n, l.into_lock(table.revision).unwrap()))
+                .collect()
+        };
+        assert_eq!(convert(fast), table.locks, "fast path, written:\n{text}");
+        assert_eq!(
+            convert(yaml.locks.0),
+            table.locks,
+            "YAML parser, written:\n{text}"
+        );
+    }
+
+    #[test]
+    fn hand_written_block_yaml_is_read_too() {
+        let text = "version: 1\nrevision: 3\nlocks:\n  prod:\n    key: k\n    locked_by:\n      r: 2\n    revision: 3\n    locked_at: 2026-11-27T10:00:00.123Z\n# end of locker state file\n";
+        let (table, format) = load(text).unwrap();
+        assert_eq!(format, Format::Current);
+        assert_eq!(table.locks["prod"].locked_by.get("r"), Some(&2));
     }
 
     #[test]

@@ -148,10 +148,14 @@ fn broken_files_are_refused_and_left_untouched() {
             "a lock as a list",
             b"version: 1\nrevision: 1\nlocks:\n  a: [1, 2]\n".to_vec(),
         ),
+        ("a negative count", {
+            let broken = text.replacen("\"pipeline-a\":1", "\"pipeline-a\":-1", 1);
+            assert_ne!(broken, text, "the good file has pipeline-a's count to break");
+            broken.into_bytes()
+        }),
         (
-            "a negative count",
-            text.replacen("pipeline-a: 1\n", "pipeline-a: -1\n", 1)
-                .into_bytes(),
+            "a negative count in block YAML",
+            b"version: 1\nrevision: 1\nlocks:\n  a:\n    key: k\n    locked_by:\n      r: -1\n    revision: 1\n    locked_at: null\n# end of locker state file\n".to_vec(),
         ),
         ("a duplicate lock", duplicated.into_bytes()),
         (
@@ -177,7 +181,7 @@ fn broken_files_are_refused_and_left_untouched() {
     }
 }
 
-/// The first lock of a file as written (`  name:` and its indented lines).
+/// The first lock of a file as written (its line under `locks:`, and any indented lines).
 fn lock_entry(text: &str) -> String {
     let after = text.split_once("locks:\n").expect("a locks section").1;
     let mut lines = after.lines();
