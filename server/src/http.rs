@@ -3,7 +3,6 @@
 //! Routes, request parsing and response shapes live here; decisions are the lock rules',
 //! durability the store's. Every answer is JSON, errors included.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 use crate::config::Credentials;
 use crate::names;
 use crate::rules::{Claim, Decision, Lock, Op, Verdict};
-use crate::state_file::LockView;
+use crate::state_file::{LockView, LocksView};
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 
 /// The largest request body accepted, in bytes.
@@ -143,14 +142,7 @@ fn openapi() -> Response {
 
 #[handler]
 fn list_locks(store: poem::web::Data<&LockStore>) -> Response {
-    let body = store.read(|table| {
-        let view: BTreeMap<&str, LockView> = table
-            .locks
-            .iter()
-            .map(|(name, lock)| (name.as_str(), LockView(lock)))
-            .collect();
-        serde_json::to_vec(&view)
-    });
+    let body = store.read(|table| serde_json::to_vec(&LocksView(&table.locks)));
     match body {
         Ok(body) => json_bytes(StatusCode::OK, body),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -380,7 +372,7 @@ fn decision_response(name: &str, claim: &Claim, decision: &Decision) -> Response
 fn holders(lock: &Lock) -> String {
     lock.locked_by
         .iter()
-        .map(|(r, &c)| {
+        .map(|(r, c)| {
             if c == 1 {
                 format!("'{r}'")
             } else {

@@ -25,7 +25,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::rules::Changes;
-use crate::state_file::{LockView, StoredLock, UniqueMap};
+use crate::state_file::{LocksView, StoredLock, UniqueMap};
 
 /// What loading the journal found.
 #[derive(Debug, Default)]
@@ -135,15 +135,9 @@ struct Record<'a>(&'a Changes);
 
 impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let locks: BTreeMap<&str, LockView> = self
-            .0
-            .locks
-            .iter()
-            .map(|(name, lock)| (name.as_str(), LockView(lock)))
-            .collect();
         let mut map = s.serialize_map(Some(2))?;
         map.serialize_entry("revision", &self.0.revision)?;
-        map.serialize_entry("locks", &locks)?;
+        map.serialize_entry("locks", &LocksView(&self.0.locks))?;
         map.end()
     }
 }

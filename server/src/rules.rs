@@ -16,7 +16,7 @@ pub struct Lock {
     /// The key that holds the lock; empty when the lock is free.
     pub key: String,
     /// How many claims each requestor holds; never contains a zero count.
-    pub locked_by: BTreeMap<String, u64>,
+    pub locked_by: Holders,
     /// The table revision of this lock's last change; 0 for a lock never changed here.
     pub revision: u64,
     /// When the current key took the lock; `None` when free (or unknown, for imported locks).
@@ -31,14 +31,79 @@ impl Lock {
 
     /// Checks the invariants a lock read from storage must satisfy.
     pub fn check_invariants(&self) -> Result<(), String> {
-        if self.locked_by.values().any(|&count| count == 0) {
-            return Err("a requestor has a zero count (leave it out instead)".into());
-        }
         match (self.key.is_empty(), self.locked_by.is_empty()) {
             (true, false) => Err("it has holders but an empty key".into()),
             (false, true) => Err("it has a key but no holders".into()),
             _ => Ok(()),
         }
+    }
+}
+
+/// The claims on a lock: requestor to count, sorted by requestor, no zero counts.
+///
+/// A lock has one or two holders almost always, so a sorted vector is both the fastest and
+/// the smallest map here (a `BTreeMap` allocates room for eleven entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holders(Vec<(String, u64)>);
+
+impl Holders {
+    /// The number of claims `requestor` holds, if any.
+    pub fn get(&self, requestor: &str) -> Option<&u64> {
+        self.find(requestor).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Adds one claim for `requestor`.
+    pub fn add(&mut self, requestor: &str) {
+        match self.find(requestor) {
+            Ok(i) => self.0[i].1 += 1,
+            Err(i) => self.0.insert(i, (requestor.to_owned(), 1)),
+        }
+    }
+
+    /// Releases one claim of `requestor`; false if it holds none.
+    pub fn release(&mut self, requestor: &str) -> bool {
+        match self.find(requestor) {
+            Ok(i) if self.0[i].1 > 1 => self.0[i].1 -= 1,
+            Ok(i) => {
+                self.0.remove(i);
+            }
+            Err(_) => return false,
+        }
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Requestors and counts, in requestor order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(r, c)| (r.as_str(), *c))
+    }
+
+    fn find(&self, requestor: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(r, _)| r.as_str().cmp(requestor))
+    }
+}
+
+impl FromIterator<(String, u64)> for Holders {
+    /// Collects claims; zero counts are left out and a repeated requestor's counts add up.
+    fn from_iter<I: IntoIterator<Item = (String, u64)>>(iter: I) -> Self {
+        let mut claims: Vec<(String, u64)> = iter.into_iter().filter(|(_, c)| *c > 0).collect();
+        claims.sort_by(|a, b| a.0.cmp(&b.0));
+        claims.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1 += later.1;
+            }
+            same
+        });
+        claims.shrink_to_fit();
+        Holders(claims)
     }
 }
 
@@ -91,21 +156,16 @@ pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, 
                 next.key = claim.key.clone();
                 next.locked_at = Some(now);
             }
-            *next.locked_by.entry(claim.requestor.clone()).or_insert(0) += 1;
+            next.locked_by.add(&claim.requestor);
             (Verdict::Acquired, Some(next))
         }
         Op::Lock => (Verdict::HeldByOther, None),
         Op::Unlock if lock.is_free() => (Verdict::NotHeld, None),
         Op::Unlock if !same_key => (Verdict::HeldByOther, None),
         Op::Unlock => {
-            let Some(&count) = lock.locked_by.get(&claim.requestor) else {
-                return (Verdict::NoClaim, None);
-            };
             let mut next = lock.clone();
-            if count > 1 {
-                next.locked_by.insert(claim.requestor.clone(), count - 1);
-            } else {
-                next.locked_by.remove(&claim.requestor);
+            if !next.locked_by.release(&claim.requestor) {
+                return (Verdict::NoClaim, None);
             }
             if next.locked_by.is_empty() {
                 next.key.clear();
@@ -259,7 +319,7 @@ mod tests {
         let d = table.apply("env", Op::Lock, &claim("k", "job"), at(10));
         assert_eq!(d.verdict, Verdict::Acquired);
         assert_eq!(d.lock.key, "k");
-        assert_eq!(d.lock.locked_by, BTreeMap::from([("job".into(), 1)]));
+        assert_eq!(d.lock.locked_by, Holders::from_iter([("job".into(), 1)]));
         assert_eq!(d.lock.locked_at, Some(at(10)));
         assert_eq!(d.lock.revision, 1);
         assert_eq!(table.revision, 1);
@@ -283,7 +343,7 @@ mod tests {
         let d = table.apply("env", Op::Lock, &claim("k", "y"), at(3));
         assert_eq!(
             d.lock.locked_by,
-            BTreeMap::from([("x".into(), 2), ("y".into(), 1)])
+            Holders::from_iter([("x".into(), 2), ("y".into(), 1)])
         );
         assert_eq!(
             d.lock.locked_at,
@@ -334,6 +394,24 @@ mod tests {
         let d = table.apply("env", Op::Unlock, &claim("k", "y"), at(2));
         assert_eq!(d.verdict, Verdict::NoClaim);
         assert_eq!(table.revision, 1);
+    }
+
+    #[test]
+    fn holders_stay_sorted_without_zero_counts() {
+        let mut holders: Holders = [("b".into(), 1), ("a".into(), 0), ("c".into(), 2)]
+            .into_iter()
+            .collect();
+        assert_eq!(holders.iter().collect::<Vec<_>>(), [("b", 1), ("c", 2)]);
+        holders.add("a");
+        holders.add("c");
+        assert_eq!(
+            holders.iter().collect::<Vec<_>>(),
+            [("a", 1), ("b", 1), ("c", 3)]
+        );
+        assert!(holders.release("b"));
+        assert!(!holders.release("b"), "b holds nothing any more");
+        assert_eq!(holders.get("c"), Some(&3));
+        assert_eq!(holders.len(), 2);
     }
 
     #[test]
@@ -400,8 +478,7 @@ mod tests {
                 for (name, lock) in &table.locks {
                     prop_assert!(lock.check_invariants().is_ok(), "{}: {:?}", name, lock);
                     let (key, counts) = &model.locks[name];
-                    let held: BTreeMap<String, u64> = counts.iter()
-                        .filter(|(_, c)| **c > 0).map(|(r, c)| (r.clone(), *c)).collect();
+                    let held: Holders = counts.iter().map(|(r, c)| (r.clone(), *c)).collect();
                     prop_assert_eq!(&lock.locked_by, &held);
                     if !held.is_empty() { prop_assert_eq!(&lock.key, key); }
                 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::journal::{self, Journal};
 use crate::names;
-use crate::rules::{Changes, Lock, LockTable};
+use crate::rules::{Changes, Holders, Lock, LockTable};
 
 /// The format version this server writes and reads.
 pub const VERSION: u64 = 1;
@@ -355,7 +355,7 @@ fn merged<'a>(
 /// Reads a file in exactly the form [`render`] writes, without a YAML parser (which would
 /// hold every event of a large file in memory at once). Returns `None` for anything else,
 /// such as a hand-edited file, which then goes through the full YAML parser.
-fn parse_canonical(text: &str) -> Option<(u64, BTreeMap<String, StoredLock>)> {
+fn parse_canonical(text: &str) -> Option<LockTable> {
     let mut lines = text.lines();
     if lines.next()? != format!("version: {VERSION}") {
         return None;
@@ -377,7 +377,8 @@ fn parse_canonical(text: &str) -> Option<(u64, BTreeMap<String, StoredLock>)> {
         let mut names = serde_json::Deserializer::from_str(entry).into_iter::<String>();
         let name = names.next()?.ok()?;
         let value = entry[names.byte_offset()..].strip_prefix(": ")?;
-        let lock: StoredLock = serde_json::from_str(value).ok()?;
+        let stored: StoredLock = serde_json::from_str(value).ok()?;
+        let lock = stored.into_lock(revision).ok()?;
         if locks.insert(name, lock).is_some() {
             return None;
         }
@@ -385,7 +386,30 @@ fn parse_canonical(text: &str) -> Option<(u64, BTreeMap<String, StoredLock>)> {
     if lines.any(|l| !l.trim().is_empty()) {
         return None;
     }
-    Some((revision, locks))
+    Some(LockTable { revision, locks })
+}
+
+/// Reads any YAML of the state file's shape (a hand-edited file, say).
+fn parse_yaml(text: &str) -> Result<LockTable, ParseError> {
+    let stored: StoredState = serde_norway::from_str(text)
+        .map_err(|e| ParseError::Invalid(format!("it is not a valid version 1 file: {e}")))?;
+    if stored.version != VERSION {
+        return Err(ParseError::Invalid(format!(
+            "it has version {}, and this server reads version {VERSION} only",
+            stored.version
+        )));
+    }
+    let mut locks = BTreeMap::new();
+    for (name, l) in stored.locks.0 {
+        let lock = l
+            .into_lock(stored.revision)
+            .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
+        locks.insert(name, lock);
+    }
+    Ok(LockTable {
+        revision: stored.revision,
+        locks,
+    })
 }
 
 enum ParseError {
@@ -409,8 +433,7 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
             .0
             .into_iter()
             .map(|(name, l)| {
-                let locked_by: BTreeMap<String, u64> =
-                    l.locked_by.0.into_iter().filter(|(_, c)| *c > 0).collect();
+                let locked_by: Holders = l.locked_by.0.into_iter().collect();
                 // The original cleared the key only on some paths; no holders means free.
                 let key = if locked_by.is_empty() {
                     String::new()
@@ -428,41 +451,16 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
             .collect();
         (LockTable { revision: 0, locks }, Format::Legacy)
     } else {
-        let stored = match parse_canonical(text) {
-            Some((revision, locks)) => StoredState {
-                version: VERSION,
-                revision,
-                locks: UniqueMap(locks),
-            },
-            None => serde_norway::from_str(text).map_err(|e| {
-                ParseError::Invalid(format!("it is not a valid version 1 file: {e}"))
-            })?,
+        let table = match parse_canonical(text) {
+            Some(table) => table,
+            None => parse_yaml(text)?,
         };
-        if stored.version != VERSION {
-            return Err(ParseError::Invalid(format!(
-                "it has version {}, and this server reads version {VERSION} only",
-                stored.version
-            )));
-        }
-        let mut locks = BTreeMap::new();
-        for (name, l) in stored.locks.0 {
-            let lock = l
-                .into_lock(stored.revision)
-                .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
-            locks.insert(name, lock);
-        }
         if !text.trim_end().ends_with(&format!("\n{END_LINE}")) {
             return Err(ParseError::Invalid(format!(
                 "it does not end with the line '{END_LINE}', so it is incomplete (cut short by a copy, a full disk or an edit); if you edited it by hand, keep that line last"
             )));
         }
-        (
-            LockTable {
-                revision: stored.revision,
-                locks,
-            },
-            Format::Current,
-        )
+        (table, Format::Current)
     };
     for (name, lock) in &table.locks {
         names::check_text("lock name", name)
@@ -508,7 +506,7 @@ impl StoredLock {
         }
         let lock = Lock {
             key: self.key,
-            locked_by: self.locked_by.0,
+            locked_by: self.locked_by.0.into_iter().collect(),
             revision: self.revision,
             locked_at,
         };
@@ -558,9 +556,35 @@ impl Serialize for LockView<'_> {
         let lock = self.0;
         let mut map = s.serialize_map(Some(4))?;
         map.serialize_entry("key", &lock.key)?;
-        map.serialize_entry("locked_by", &lock.locked_by)?;
+        map.serialize_entry("locked_by", &HoldersView(&lock.locked_by))?;
         map.serialize_entry("revision", &lock.revision)?;
         map.serialize_entry("locked_at", &lock.locked_at.map(rfc3339))?;
+        map.end()
+    }
+}
+
+/// Locks by name, as a map of [`LockView`]s.
+pub struct LocksView<'a>(pub &'a BTreeMap<String, Lock>);
+
+impl Serialize for LocksView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, lock) in self.0 {
+            map.serialize_entry(name, &LockView(lock))?;
+        }
+        map.end()
+    }
+}
+
+/// Holders as a JSON/YAML map, requestor to count.
+struct HoldersView<'a>(&'a Holders);
+
+impl Serialize for HoldersView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (requestor, count) in self.0.iter() {
+            map.serialize_entry(requestor, &count)?;
+        }
         map.end()
     }
 }
@@ -680,21 +704,12 @@ mod tests {
             table.apply(text, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }
         let text = String::from_utf8(render(&table, &Changes::default(), 0).unwrap()).unwrap();
-        let (revision, fast) = parse_canonical(&text).expect("the written form is canonical");
-        let yaml: StoredState = serde_norway::from_str(&text).unwrap();
-        assert_eq!((revision, yaml.revision), (table.revision, table.revision));
-        let convert = |locks: BTreeMap<String, StoredLock>| -> BTreeMap<String, Lock> {
-            locks
-                .into_iter()
-                .map(|(n, l)| (n, l.into_lock(table.revision).unwrap()))
-                .collect()
+        let fast = parse_canonical(&text).expect("the written form is canonical");
+        assert_eq!(fast, table, "fast path, written:\n{text}");
+        let Ok(yaml) = parse_yaml(&text) else {
+            panic!("the YAML parser refused:\n{text}");
         };
-        assert_eq!(convert(fast), table.locks, "fast path, written:\n{text}");
-        assert_eq!(
-            convert(yaml.locks.0),
-            table.locks,
-            "YAML parser, written:\n{text}"
-        );
+        assert_eq!(yaml, table, "YAML parser, written:\n{text}");
     }
 
     #[test]
