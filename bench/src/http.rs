@@ -47,7 +47,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         Ok(Connection {
             stream,
-            buf: Vec::with_capacity(8192),
+            buf: Vec::with_capacity(16 * 1024),
             body: Vec::with_capacity(1024),
             closing: false,
         })
@@ -153,15 +153,15 @@ impl Connection {
 
     /// Reads more bytes into the buffer; end of stream is an error.
     async fn fill(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
+        // Reading into the vector's spare capacity leaves nothing to zero or copy.
+        self.buf.reserve(16 * 1024);
+        let n = self.stream.read_buf(&mut self.buf).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the server closed the connection mid-response",
             ));
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }

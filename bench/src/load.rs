@@ -6,6 +6,7 @@
 //! measured period count, so throughput is `count / period`.
 
 use std::future::Future;
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long to warm up and to measure.
@@ -70,60 +71,114 @@ impl Outcome {
     }
 }
 
-/// Runs `clients` concurrently for the warm-up and the measured period.
-pub async fn run<C: Client>(clients: Vec<C>, period: Period) -> Outcome {
-    let n = clients.len();
-    let start = Instant::now();
-    let from = start + period.warm_up;
-    let until = from + period.measured;
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut client| {
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(64 * 1024);
-                let mut error = None;
-                loop {
-                    let began = Instant::now();
-                    if began >= until {
-                        break;
-                    }
-                    if let Err(e) = client.run_once().await {
-                        error = Some(format!("{e:#}"));
-                        break;
-                    }
-                    let ended = Instant::now();
-                    if began >= from && ended <= until {
-                        latencies.push((ended - began).as_nanos() as u64);
-                    }
-                }
-                (latencies, error)
+/// Runs `n` clients made by `make` (given each client's index) for the warm-up and the
+/// measured period, on one single-threaded tokio runtime per core.
+///
+/// Like `wrk`'s threads, each runtime owns its share of the connections outright: no work
+/// stealing, no cross-thread wake-ups, so the generator costs as little CPU as it can.
+pub fn run<C, F, Fut>(n: usize, make: F, period: Period) -> anyhow::Result<Outcome>
+where
+    C: Client,
+    F: Fn(usize) -> Fut + Sync,
+    Fut: Future<Output = anyhow::Result<C>>,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(n.max(1));
+    let ready = Barrier::new(threads);
+    let start = OnceLock::new();
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (make, ready, start) = (&make, &ready, &start);
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let mut clients = Vec::new();
+                        let mut failed = None;
+                        for i in (t..n).step_by(threads) {
+                            match make(i).await {
+                                Ok(c) => clients.push((i, c)),
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        // Every thread waits here, failed or not, so none waits forever.
+                        ready.wait();
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                        let start: Instant = *start.get_or_init(Instant::now);
+                        let tasks: Vec<_> = clients
+                            .into_iter()
+                            .map(|(i, c)| (i, tokio::spawn(drive(c, start, period))))
+                            .collect();
+                        let mut out = Vec::new();
+                        for (i, task) in tasks {
+                            out.push((i, task.await));
+                        }
+                        Ok(out)
+                    })
+                })
             })
-        })
-        .collect();
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator thread panicked"))
+            .collect::<Vec<anyhow::Result<_>>>()
+    });
+    let mut per_client = vec![0; n];
     let mut all = Vec::new();
-    let mut per_client = Vec::with_capacity(n);
     let mut errors = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok((latencies, error)) => {
-                per_client.push(latencies.len() as u64);
-                all.extend_from_slice(&latencies);
-                errors.extend(error);
-            }
-            Err(e) => {
-                per_client.push(0);
-                errors.push(format!("client task failed: {e}"));
+    for thread in results {
+        for (i, result) in thread? {
+            match result {
+                Ok((latencies, error)) => {
+                    per_client[i] = latencies.len() as u64;
+                    all.extend_from_slice(&latencies);
+                    errors.extend(error);
+                }
+                Err(e) => errors.push(format!("client task failed: {e}")),
             }
         }
     }
     all.sort_unstable();
-    Outcome {
+    Ok(Outcome {
         clients: n,
         count: all.len() as u64,
         measured: period.measured,
         latencies: all,
         per_client,
         errors,
+    })
+}
+
+/// Runs one client until the measured period ends; returns the latencies (ns) of its
+/// operations that lay wholly inside the measured period, and its error if it failed.
+async fn drive<C: Client>(
+    mut client: C,
+    start: Instant,
+    period: Period,
+) -> (Vec<u64>, Option<String>) {
+    let from = start + period.warm_up;
+    let until = from + period.measured;
+    let mut latencies = Vec::with_capacity(64 * 1024);
+    loop {
+        let began = Instant::now();
+        if began >= until {
+            return (latencies, None);
+        }
+        if let Err(e) = client.run_once().await {
+            return (latencies, Some(format!("{e:#}")));
+        }
+        let ended = Instant::now();
+        if began >= from && ended <= until {
+            latencies.push((ended - began).as_nanos() as u64);
+        }
     }
 }
 
@@ -140,14 +195,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn counts_only_the_measured_period() {
+    #[test]
+    fn counts_only_the_measured_period() {
         let period = Period {
             warm_up: Duration::from_millis(100),
             measured: Duration::from_millis(200),
         };
-        let clients = (0..4).map(|_| Sleeper(Duration::from_millis(10))).collect();
-        let outcome = run(clients, period).await;
+        let outcome = run(
+            4,
+            |_| async { Ok(Sleeper(Duration::from_millis(10))) },
+            period,
+        )
+        .unwrap();
         // 4 clients x 200 ms / 10 ms = 80 at most; sleeping overshoots, so expect fewer.
         assert!(
             (40..=80).contains(&outcome.count),

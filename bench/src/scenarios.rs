@@ -97,13 +97,11 @@ impl Bench {
     /// The smoke test: scenario 2 with 64 clients, briefly. Fails only if requests fail.
     pub async fn smoke(&mut self) -> anyhow::Result<()> {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
-        let outcome = self
-            .measure(
-                "2",
-                |i| OwnLockCycle::connect(running.server.addr, i),
-                CLIENTS,
-            )
-            .await?;
+        let outcome = self.measure(
+            "2",
+            |i| OwnLockCycle::connect(running.server.addr, i),
+            CLIENTS,
+        )?;
         let row = Row::measured("2", "Durable cycles (smoke)", &outcome, "cycles/s");
         self.report.rows.push(row);
         if !outcome.errors.is_empty() {
@@ -133,18 +131,14 @@ impl Bench {
         Ok(Running { server, _dir: dir })
     }
 
-    /// Connects `n` clients made by `make`, runs them, and notes any that failed.
-    async fn measure<C, F, Fut>(&mut self, id: &str, make: F, n: usize) -> anyhow::Result<Outcome>
+    /// Runs `n` clients made by `make` on the load generator, and notes any that failed.
+    fn measure<C, F, Fut>(&mut self, id: &str, make: F, n: usize) -> anyhow::Result<Outcome>
     where
         C: Client,
-        F: Fn(usize) -> Fut,
+        F: Fn(usize) -> Fut + Sync,
         Fut: Future<Output = anyhow::Result<C>>,
     {
-        let mut clients = Vec::with_capacity(n);
-        for i in 0..n {
-            clients.push(make(i).await?);
-        }
-        let outcome = load::run(clients, self.settings.period).await;
+        let outcome = load::run(n, make, self.settings.period)?;
         if let Some(first) = outcome.errors.first() {
             self.report.notes.push(format!(
                 "Scenario {id}: {} of {n} clients stopped on an error; the first: {first}",
@@ -157,9 +151,14 @@ impl Bench {
     async fn ceiling(&mut self) -> anyhow::Result<()> {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
         let addr = running.server.addr;
-        let outcome = self
-            .measure("1", |_| Health::connect(addr), CLIENTS)
-            .await?;
+        let url = running.server.url();
+        // wrk runs just before and just after the generator, so both see the same machine;
+        // the generator is compared with wrk's better run.
+        let wrk_before = wrk(&url, self.settings.period);
+        let cpu = cpu_time(libc::RUSAGE_SELF);
+        let outcome = self.measure("1", |_| Health::connect(addr), CLIENTS)?;
+        let generator_cpu = cpu_time(libc::RUSAGE_SELF) - cpu;
+        let wrk_after = wrk(&url, self.settings.period);
         self.ceiling = Some(outcome.rate());
         let mut row = Row::measured("1", "Ceiling: `GET /healthz`", &outcome, "req/s");
         row.comparison = "what HTTP allows".into();
@@ -167,16 +166,31 @@ impl Bench {
 
         let mut wrk_row = Row::plain("1w", "`wrk` on `GET /healthz` (generator check)");
         wrk_row.clients = CLIENTS.to_string();
-        match wrk(&running.server.url(), self.settings.period) {
-            Ok(rate) => {
-                wrk_row.rate = format!("{} req/s", thousands(rate));
+        match (wrk_before, wrk_after) {
+            (Ok((before, wrk_cpu)), Ok((after, _))) => {
+                let best = before.max(after);
+                // Busy machines make rates noisy; CPU time per request is steadier.
+                let per_request = |cpu: Duration, rate: f64, period: Duration| {
+                    cpu.as_secs_f64() * 1e6 / (rate * period.as_secs_f64())
+                };
+                let period = self.settings.period;
+                wrk_row.rate = format!("{} req/s", thousands(best));
                 wrk_row.comparison = format!(
-                    "our generator reaches {} of wrk",
-                    percent(outcome.rate(), rate)
+                    "wrk -t{} -c{CLIENTS} before/after the generator: {} / {} req/s; the generator reaches {} of the better; CPU per request: generator {:.1} µs, wrk {:.1} µs",
+                    cores(),
+                    thousands(before),
+                    thousands(after),
+                    percent(outcome.rate(), best),
+                    per_request(
+                        generator_cpu,
+                        outcome.rate(),
+                        period.warm_up + period.measured
+                    ),
+                    per_request(wrk_cpu, before, period.measured),
                 );
-                wrk_row.judge("generator ≥ wrk", outcome.rate() >= rate);
+                wrk_row.judge("generator ≥ wrk", outcome.rate() >= best);
             }
-            Err(e) => wrk_row.comparison = format!("not run: {e:#}"),
+            (Err(e), _) | (_, Err(e)) => wrk_row.comparison = format!("not run: {e:#}"),
         }
         self.report.rows.push(wrk_row);
         running.server.stop()
@@ -207,9 +221,7 @@ impl Bench {
         let other = if level == "info" { "warn" } else { "info" };
         let running = self.locker(None, other).await?;
         let addr = running.server.addr;
-        let outcome = self
-            .measure("2", |i| OwnLockCycle::connect(addr, i), CLIENTS)
-            .await?;
+        let outcome = self.measure("2", |i| OwnLockCycle::connect(addr, i), CLIENTS)?;
         let mut row = Row::measured(
             "2",
             &format!("Durable cycles, `RUST_LOG={other}`"),
@@ -247,9 +259,7 @@ impl Bench {
             // A fresh server for each, so the second does not inherit the first's file.
             let running = self.locker(initial, level).await?;
             let addr = running.server.addr;
-            let outcome = self
-                .measure(id, |i| OwnLockCycle::connect(addr, i), n)
-                .await?;
+            let outcome = self.measure(id, |i| OwnLockCycle::connect(addr, i), n)?;
             self.report
                 .rows
                 .push(Row::measured(id, &what, &outcome, "cycles/s"));
@@ -286,17 +296,15 @@ impl Bench {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
         let addr = running.server.addr;
         let refusals = Arc::new(AtomicU64::new(0));
-        let outcome = self
-            .measure(
-                "4",
-                |i| Contender::connect(addr, i, refusals.clone()),
-                CLIENTS,
-            )
-            .await?;
+        let outcome = self.measure(
+            "4",
+            |i| Contender::connect(addr, i, refusals.clone()),
+            CLIENTS,
+        )?;
         let mut row = Row::measured("4", "Contention: 64 keys, 1 lock", &outcome, "grants/s");
         let min = outcome.per_client.iter().min().copied().unwrap_or(0);
         let max = outcome.per_client.iter().max().copied().unwrap_or(0);
-        // Refusals are counted over warm-up and measurement; scale to the measured period.
+        // Refusals are counted during warm-up and measurement alike: divide by both.
         let total = self.settings.period.warm_up + self.settings.period.measured;
         let refused = refusals.load(Ordering::Relaxed) as f64 / total.as_secs_f64();
         row.comparison = format!(
@@ -311,13 +319,11 @@ impl Bench {
     async fn connection_per_request(&mut self) -> anyhow::Result<()> {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
         let addr = running.server.addr;
-        let outcome = self
-            .measure(
-                "5",
-                |i| async move { Ok(FreshConnectionCycle::new(addr, i)) },
-                CLIENTS,
-            )
-            .await?;
+        let outcome = self.measure(
+            "5",
+            |i| async move { Ok(FreshConnectionCycle::new(addr, i)) },
+            CLIENTS,
+        )?;
         let mut row = Row::measured("5", "One connection per request", &outcome, "cycles/s");
         if let Some(base) = &self.durable_many {
             row.comparison = format!(
@@ -344,9 +350,7 @@ impl Bench {
                 .tempdir_in(self.work.path())?;
             let etcd = Etcd::start(dir.path()).await?;
             let addr = etcd.addr;
-            let outcome = self
-                .measure("6", |i| EtcdLockCycle::connect(addr, i), n)
-                .await?;
+            let outcome = self.measure("6", |i| EtcdLockCycle::connect(addr, i), n)?;
             let mut row = Row::measured(
                 "6",
                 &format!("etcd {version} lock+unlock, own lock each"),
@@ -535,21 +539,41 @@ fn time_process(mut cmd: Command, input: &str, expected: &str) -> anyhow::Result
     Ok(elapsed)
 }
 
-/// Runs `wrk` with the generator's connection count and period; returns its requests/s.
-fn wrk(url: &str, period: Period) -> anyhow::Result<f64> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// Runs `wrk` with the generator's connection count and period; returns its requests/s and
+/// the CPU time it used.
+fn wrk(url: &str, period: Period) -> anyhow::Result<(f64, Duration)> {
+    let cpu = cpu_time(libc::RUSAGE_CHILDREN);
     let out = Command::new("wrk")
-        .arg(format!("-t{threads}"))
+        .arg(format!("-t{}", cores()))
         .arg(format!("-c{CLIENTS}"))
         .arg(format!("-d{}s", period.measured.as_secs().max(1)))
         .arg(format!("{url}/healthz"))
         .output()
         .context("`wrk` could not be run (Debian: apt-get install wrk)")?;
+    let cpu = cpu_time(libc::RUSAGE_CHILDREN) - cpu;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let rate = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    Ok((rate, cpu))
+}
+
+/// User plus system CPU time of this process (`RUSAGE_SELF`) or of its reaped children.
+fn cpu_time(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn median(sorted: &[Duration]) -> Duration {
