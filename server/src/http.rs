@@ -142,10 +142,57 @@ fn openapi() -> Response {
 
 #[handler]
 fn list_locks(store: poem::web::Data<&LockStore>) -> Response {
-    let body = store.read(|table| serde_json::to_vec(&LocksView(&table.locks)));
-    match body {
-        Ok(body) => json_bytes(StatusCode::OK, body),
+    let mut chunks = Chunks::default();
+    let written = store.read(|table| serde_json::to_writer(&mut chunks, &LocksView(&table.locks)));
+    match written {
+        Ok(()) => {
+            let stream = futures_util::stream::iter(
+                chunks.finish().into_iter().map(Ok::<_, std::io::Error>),
+            );
+            Response::builder()
+                .status(StatusCode::OK)
+                .content_type("application/json")
+                .body(Body::from_bytes_stream(stream))
+        }
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Output collected in fixed-size chunks: a large body (every lock of a big table) is never
+/// copied as it grows, so it costs its own size in memory and no more.
+#[derive(Default)]
+struct Chunks {
+    done: Vec<bytes::Bytes>,
+    current: Vec<u8>,
+}
+
+impl Chunks {
+    const SIZE: usize = 64 * 1024;
+
+    fn finish(mut self) -> Vec<bytes::Bytes> {
+        if !self.current.is_empty() {
+            self.done.push(self.current.into());
+        }
+        self.done
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(Self::SIZE);
+        }
+        let room = Self::SIZE - self.current.len();
+        let n = buf.len().min(room);
+        self.current.extend_from_slice(&buf[..n]);
+        if self.current.len() == Self::SIZE {
+            self.done.push(std::mem::take(&mut self.current).into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -154,20 +154,35 @@ impl StateFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing the leftover temporary file", e)),
         }
-        let (mut table, format, snapshot_len) = match fs::read(path) {
-            Ok(bytes) => {
-                let (table, format) = parse(&bytes).map_err(|reason| match reason {
-                    ParseError::Empty => OpenError::Empty {
-                        path: path.to_owned(),
-                    },
-                    ParseError::Invalid(reason) => invalid(reason),
-                })?;
-                (table, format, bytes.len() as u64)
+        // The written form is read line by line, so a large file is never in memory whole;
+        // anything else (the original's JSON, hand-written YAML, damage) is read in full.
+        let streamed = match File::open(path) {
+            Ok(file) => {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let lines = io::BufReader::with_capacity(1 << 16, file)
+                    .lines()
+                    .map_while(Result::ok);
+                parse_canonical(lines).map(|table| (table, Format::Current, len))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (LockTable::default(), Format::Created, 0)
-            }
-            Err(e) => return Err(io_err("reading", e)),
+            Err(_) => None,
+        };
+        let (mut table, format, snapshot_len) = match streamed {
+            Some(loaded) => loaded,
+            None => match fs::read(path) {
+                Ok(bytes) => {
+                    let (table, format) = parse(&bytes).map_err(|reason| match reason {
+                        ParseError::Empty => OpenError::Empty {
+                            path: path.to_owned(),
+                        },
+                        ParseError::Invalid(reason) => invalid(reason),
+                    })?;
+                    (table, format, bytes.len() as u64)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    (LockTable::default(), Format::Created, 0)
+                }
+                Err(e) => return Err(io_err("reading", e)),
+            },
         };
         let replay = journal::read(&journal_path, table.revision).map_err(|reason| {
             invalid(format!(
@@ -355,24 +370,27 @@ fn merged<'a>(
 /// Reads a file in exactly the form [`render`] writes, without a YAML parser (which would
 /// hold every event of a large file in memory at once). Returns `None` for anything else,
 /// such as a hand-edited file, which then goes through the full YAML parser.
-fn parse_canonical(text: &str) -> Option<LockTable> {
-    let mut lines = text.lines();
-    if lines.next()? != format!("version: {VERSION}") {
+fn parse_canonical<L: AsRef<str>>(mut lines: impl Iterator<Item = L>) -> Option<LockTable> {
+    if lines.next()?.as_ref() != format!("version: {VERSION}") {
         return None;
     }
-    let revision: u64 = lines.next()?.strip_prefix("revision: ")?.parse().ok()?;
-    let mut locks = BTreeMap::new();
-    match lines.next()? {
-        "locks: {}" => {}
-        "locks:" => {}
+    let revision: u64 = lines
+        .next()?
+        .as_ref()
+        .strip_prefix("revision: ")?
+        .parse()
+        .ok()?;
+    match lines.next()?.as_ref() {
+        "locks: {}" | "locks:" => {}
         _ => return None,
     }
+    let mut locks = BTreeMap::new();
+    let mut complete = false;
     for line in lines.by_ref() {
+        let line = line.as_ref();
         let Some(entry) = line.strip_prefix("  ") else {
-            if line == END_LINE {
-                break;
-            }
-            return None;
+            complete = line == END_LINE;
+            break;
         };
         let mut names = serde_json::Deserializer::from_str(entry).into_iter::<String>();
         let name = names.next()?.ok()?;
@@ -383,10 +401,22 @@ fn parse_canonical(text: &str) -> Option<LockTable> {
             return None;
         }
     }
-    if lines.any(|l| !l.trim().is_empty()) {
+    if !complete || lines.any(|l| !l.as_ref().trim().is_empty()) {
         return None;
     }
-    Some(LockTable { revision, locks })
+    let table = LockTable { revision, locks };
+    check_table(&table).ok()?;
+    Some(table)
+}
+
+/// Checks every lock's name and invariants.
+fn check_table(table: &LockTable) -> Result<(), ParseError> {
+    for (name, lock) in &table.locks {
+        names::check_text("lock name", name)
+            .and_then(|()| lock.check_invariants())
+            .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
+    }
+    Ok(())
 }
 
 /// Reads any YAML of the state file's shape (a hand-edited file, say).
@@ -451,7 +481,7 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
             .collect();
         (LockTable { revision: 0, locks }, Format::Legacy)
     } else {
-        let table = match parse_canonical(text) {
+        let table = match parse_canonical(text.lines()) {
             Some(table) => table,
             None => parse_yaml(text)?,
         };
@@ -462,11 +492,7 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
         }
         (table, Format::Current)
     };
-    for (name, lock) in &table.locks {
-        names::check_text("lock name", name)
-            .and_then(|()| lock.check_invariants())
-            .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
-    }
+    check_table(&table)?;
     Ok((table, format))
 }
 
@@ -701,10 +727,15 @@ mod tests {
                 key: text.to_string(),
                 requestor: format!("{text}-{i}"),
             };
-            table.apply(text, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
+            // Control characters are refused in names (not in imported keys or requestors).
+            let name = match names::check_text("name", text) {
+                Ok(()) => text.to_string(),
+                Err(_) => format!("lock-{i}"),
+            };
+            table.apply(&name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }
         let text = String::from_utf8(render(&table, &Changes::default(), 0).unwrap()).unwrap();
-        let fast = parse_canonical(&text).expect("the written form is canonical");
+        let fast = parse_canonical(text.lines()).expect("the written form is canonical");
         assert_eq!(fast, table, "fast path, written:\n{text}");
         let Ok(yaml) = parse_yaml(&text) else {
             panic!("the YAML parser refused:\n{text}");
