@@ -20,6 +20,9 @@ pub mod get;
 pub mod protocol;
 pub mod put;
 
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
 use thiserror::Error;
 
 pub use build_env::BuildEnv;
@@ -80,5 +83,38 @@ pub fn resolve_lock_name(source: &Source) -> Result<String, Error> {
     match &source.lock {
         LockTarget::Name(name) => Ok(name.clone()),
         LockTarget::BoshDirector(url) => client::director_name(url).map_err(Error::Director),
+    }
+}
+
+/// Runs a command the way Concourse runs a resource binary: reads stdin, passes it to
+/// `command`, and prints the result as one JSON document on stdout. Any failure is one
+/// `error: ...` line on stderr and exit code 1.
+pub fn main_with<T, E>(command: impl FnOnce(&str) -> Result<T, E>) -> ExitCode
+where
+    T: serde::Serialize,
+    E: std::fmt::Display,
+{
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("error: reading stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let output = match command(&input) {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let printed = serde_json::to_writer(&mut stdout, &output)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(stdout));
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
