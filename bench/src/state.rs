@@ -23,6 +23,24 @@ pub fn write_held_locks(path: &Path, count: usize) -> std::io::Result<()> {
     fs::write(path, state_file::to_bytes(&table)?)
 }
 
+/// Writes the same table as [`write_held_locks`] in block YAML, the shape of a hand-written
+/// file (and of files this server wrote before it switched to one line per lock).
+pub fn write_held_locks_block_yaml(path: &Path, count: usize) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(count * 120 + 64);
+    let _ = write!(text, "version: 1\nrevision: {count}\nlocks:\n");
+    for i in 0..count {
+        let _ = write!(
+            text,
+            "  held-{i:06}:\n    key: key-{i}\n    locked_by:\n      pipeline-{i}: 1\n    revision: {}\n    locked_at: 2026-11-18T09:33:20.000Z\n",
+            i + 1
+        );
+    }
+    text.push_str(state_file::END_LINE);
+    text.push('\n');
+    fs::write(path, text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
