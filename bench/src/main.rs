@@ -97,6 +97,11 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     let began = Instant::now();
     let load_before = machine::load_average();
+    // Other work on the machine shows in the disk's latency too: probe before and after.
+    let disk_before = match mode {
+        Mode::All => Some(machine::durable_write_costs(&data_dir)?),
+        _ => None,
+    };
     let mut bench = Bench::new(settings)?;
     match &mode {
         Mode::Smoke => runtime.block_on(bench.smoke())?,
@@ -111,13 +116,17 @@ fn run() -> anyhow::Result<()> {
     if let Mode::All = mode {
         let machine = Machine::describe(&data_dir);
         let mut report = bench.report;
-        let (fsync, replace) = machine::durable_write_costs(&data_dir)?;
+        let after = machine::durable_write_costs(&data_dir)?;
+        let before = disk_before.unwrap_or(after);
+        let ms = locker_bench::report::ms;
         report.notes.insert(
             0,
             format!(
-                "Disk: median fsync of a 4 KiB write {} ms; whole-file atomic replace (write, fsync, rename, fsync dir) {} ms, measured by the benchmark in the data directory.",
-                locker_bench::report::ms(fsync),
-                locker_bench::report::ms(replace)
+                "Disk, probed in the data directory before / after the run: median fsync of a 4 KiB write {} / {} ms; whole-file atomic replace (write, fsync, rename, fsync dir) {} / {} ms.",
+                ms(before.0),
+                ms(after.0),
+                ms(before.1),
+                ms(after.1)
             ),
         );
         report.notes.push(format!(
