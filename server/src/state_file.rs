@@ -330,6 +330,11 @@ fn render(table: &LockTable, changes: &Changes, capacity: usize) -> io::Result<V
 /// allow raw, or that YAML 1.1 parsers take for line breaks, are escaped. Such characters can
 /// only stand inside JSON strings, where `\uXXXX` means the same in both languages.
 fn write_yaml_safe_json(out: &mut Vec<u8>, json: &str) {
+    if json.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        // Printable ASCII, the usual case: nothing to escape.
+        out.extend_from_slice(json.as_bytes());
+        return;
+    }
     for c in json.chars() {
         if c.is_control()
             || matches!(
