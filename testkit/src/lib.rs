@@ -37,6 +37,25 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Starts `command` with stdin, stdout and stderr piped and writes `input` to its stdin, the
+/// way Concourse starts a resource binary.
+pub fn spawn_with_stdin(command: &mut Command, input: &str) -> Child {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child
+}
+
 /// How to start a server.
 #[derive(Clone, Debug, Default)]
 pub struct Options {

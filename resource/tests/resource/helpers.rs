@@ -1,14 +1,14 @@
 //! Running the resource's binaries and the locker server for the tests.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use locker_resource::client::{Lock, LockerClient};
 use locker_resource::config::Source;
-use locker_testkit::{Locker, Options};
+use locker_testkit::{Locker, Options, spawn_with_stdin};
 use serde_json::{Value, json};
 
 /// One of the resource's binaries.
@@ -116,18 +116,7 @@ fn command(bin: Bin, args: &[&str]) -> Command {
 
 /// Runs a binary to the end with `input` on stdin.
 pub fn run(bin: Bin, input: &Value, args: &[&str]) -> Run {
-    let mut child = command(bin, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the resource binary starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
+    let child = spawn_with_stdin(&mut command(bin, args), &input.to_string());
     let output = child.wait_with_output().unwrap();
     Run {
         status: output.status,
@@ -144,19 +133,10 @@ pub struct Running {
 
 impl Running {
     pub fn start(bin: Bin, input: &Value, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = command(bin, args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the resource binary starts");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.to_string().as_bytes())
-            .unwrap();
+        let mut child = spawn_with_stdin(
+            command(bin, args).envs(env.iter().copied()),
+            &input.to_string(),
+        );
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = Arc::clone(&stderr);

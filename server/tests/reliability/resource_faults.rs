@@ -9,12 +9,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use locker_testkit::{Client, Locker, workspace_bin};
+use locker_testkit::{Client, Locker, spawn_with_stdin, workspace_bin};
 use serde_json::{Value, json};
 
 use crate::body;
@@ -30,23 +30,14 @@ fn source(url: &str) -> Value {
 
 /// Starts `out` with `params`; its output is collected when it ends.
 fn start_out(url: &str, params: Value, dir: &std::path::Path) -> Child {
-    let mut child = Command::new(workspace_bin("out"))
-        .arg(dir)
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start out");
     let input = json!({"source": source(url), "params": params});
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    child
+    spawn_with_stdin(
+        Command::new(workspace_bin("out"))
+            .arg(dir)
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY"),
+        &input.to_string(),
+    )
 }
 
 /// Waits for `out` to end within `limit`; kills it and fails the test otherwise.
