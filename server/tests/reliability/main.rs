@@ -7,6 +7,7 @@ mod corrupt_files;
 mod crash;
 mod disk_faults;
 mod exclusion;
+mod faulty_disk;
 mod history;
 mod hostile;
 mod resource_faults;
