@@ -17,6 +17,7 @@ pub fn write_held_locks(path: &Path, count: usize) -> std::io::Result<()> {
         let claim = Claim {
             key: format!("key-{i}"),
             requestor: format!("pipeline-{i}"),
+            request_id: None,
         };
         table.apply(&format!("held-{i:06}"), Op::Lock, &claim, at);
     }

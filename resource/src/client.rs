@@ -88,13 +88,22 @@ impl Lock {
     }
 }
 
-/// A claim on a lock: the key and who claims with it.
+/// A claim on a lock: the key and who claims with it, and the id its retries share.
 #[derive(Debug, Clone, Serialize)]
 pub struct Claim<'a> {
     /// The key.
     pub key: &'a str,
     /// The requestor.
     pub locked_by: &'a str,
+    /// Sent as `Idempotency-Key`: one id for every attempt of one lock or unlock, so that a
+    /// retry after a lost answer does not claim or release a second time.
+    #[serde(skip)]
+    pub request_id: &'a str,
+}
+
+/// A fresh request id: 128 random bits in hex.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// The server's answer to a lock or unlock.
@@ -274,6 +283,7 @@ impl LockerClient {
     pub fn lock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
         let request = self.prepare(self.agent.put(&url));
+        let request = request.header("Idempotency-Key", claim.request_id);
         claim_answer(&url, request.send_json(claim))
     }
 
@@ -281,6 +291,7 @@ impl LockerClient {
     pub fn unlock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
         let request = self.prepare(self.agent.delete(&url).force_send_body());
+        let request = request.header("Idempotency-Key", claim.request_id);
         claim_answer(&url, request.send_json(claim))
     }
 

@@ -4,6 +4,8 @@
 //! ([`crate::backoff`]), logging one line per wait; a server that is down or restarting is waited
 //! for the same way. `unlock` fails at once when another key holds the lock and retries only an
 //! unreachable server. Both stop at `params.timeout` (for `unlock`, 10 minutes by default).
+//! Every attempt carries the same request id (`Idempotency-Key`), so a retry after a lost
+//! answer is recognised by the server and claims or releases nothing a second time.
 
 use std::io::Write;
 use std::thread;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::backoff::Backoff;
-use crate::client::{Claim, ClaimAnswer, Lock, LockerClient, RequestError};
+use crate::client::{Claim, ClaimAnswer, Lock, LockerClient, RequestError, new_request_id};
 use crate::config::{DEFAULT_UNLOCK_TIMEOUT, LockOp, OutParams, Source};
 use crate::protocol::{MetadataField, Request, StepOutput, Version};
 use crate::{BuildEnv, Error, duration, resolve_lock_name};
@@ -40,9 +42,11 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
         backoff: Backoff::new(delays.first, delays.max, rand::rng()),
         log,
     };
+    let request_id = new_request_id();
     let claim = Claim {
         key: &params.key,
         locked_by: params.requestor(),
+        request_id: &request_id,
     };
     let _ = writeln!(
         attempts.log,

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::config::Credentials;
 use crate::names;
 use crate::rules::{Claim, Decision, Lock, Op, Verdict};
-use crate::state_file::{LockView, LocksView};
+use crate::state_file::{LockView, LocksView, View};
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 
 /// The largest request body accepted, in bytes.
@@ -27,6 +27,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The fields a lock or unlock body may have.
 const BODY_FIELDS: &str = "key, locked_by, lock_by, requestor";
+
+/// The header that names one request across its retries (IETF draft "The Idempotency-Key HTTP
+/// Header Field").
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
@@ -143,7 +147,8 @@ fn openapi() -> Response {
 #[handler]
 fn list_locks(store: poem::web::Data<&LockStore>) -> Response {
     let mut chunks = Chunks::default();
-    let written = store.read(|table| serde_json::to_writer(&mut chunks, &LocksView(&table.locks)));
+    let written =
+        store.read(|table| serde_json::to_writer(&mut chunks, &LocksView(&table.locks, View::Api)));
     match written {
         Ok(()) => {
             let stream = futures_util::stream::iter(
@@ -201,7 +206,7 @@ fn show_lock(req: &Request, store: poem::web::Data<&LockStore>) -> Response {
     match lock_name(req) {
         Ok(name) => {
             let lock = store.read(|table| table.get(&name));
-            json_response(StatusCode::OK, &LockView(&lock))
+            json_response(StatusCode::OK, &LockView(&lock, View::Api))
         }
         Err(e) => e.into_response(),
     }
@@ -222,9 +227,12 @@ async fn change(req: &Request, body: Body, store: &LockStore, op: Op) -> Respons
         Ok(name) => name,
         Err(e) => return e.into_response(),
     };
-    let claim = match read_claim(body).await {
-        Ok(claim) => claim,
-        Err(e) => return e.into_response(),
+    let claim = match (request_id(req), read_claim(body).await) {
+        (Ok(request_id), Ok(claim)) => Claim {
+            request_id,
+            ..claim
+        },
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
     let request = LockRequest {
         name: name.clone(),
@@ -354,7 +362,33 @@ pub fn parse_claim(bytes: &[u8]) -> Result<Claim, String> {
         }
     }
     let requestor = requestor.unwrap_or_else(|| key.clone());
-    Ok(Claim { key, requestor })
+    Ok(Claim {
+        key,
+        requestor,
+        request_id: None,
+    })
+}
+
+/// The request's `Idempotency-Key` header, if it has one: retries of one request share it, so
+/// that a retry after a lost answer does not claim or release a second time.
+fn request_id(req: &Request) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "{IDEMPOTENCY_KEY} is given more than once; send one per request"
+        )));
+    }
+    let id = value.to_str().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{IDEMPOTENCY_KEY}: request id may contain visible ASCII characters only (no spaces), such as a UUID"
+        ))
+    })?;
+    names::check_request_id(id)
+        .map_err(|e| ApiError::bad_request(format!("{IDEMPOTENCY_KEY}: {e}")))?;
+    Ok(Some(id.to_owned()))
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -412,7 +446,10 @@ fn decision_response(name: &str, claim: &Claim, decision: &Decision) -> Response
             ),
         ),
     };
-    json_response(status, &json!({ field: message, "lock": LockView(lock) }))
+    json_response(
+        status,
+        &json!({ field: message, "lock": LockView(lock, View::Api) }),
+    )
 }
 
 /// The holders of a lock for a message: `'a' (2), 'b'`.

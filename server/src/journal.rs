@@ -25,7 +25,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::rules::Changes;
-use crate::state_file::{LocksView, StoredLock, UniqueMap};
+use crate::state_file::{LocksView, StoredLock, UniqueMap, View};
 
 /// What loading the journal found.
 #[derive(Debug, Default)]
@@ -137,7 +137,7 @@ impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(2))?;
         map.serialize_entry("revision", &self.0.revision)?;
-        map.serialize_entry("locks", &LocksView(&self.0.locks))?;
+        map.serialize_entry("locks", &LocksView(&self.0.locks, View::Stored))?;
         map.end()
     }
 }
@@ -229,6 +229,7 @@ mod tests {
         let claim = Claim {
             key: "k".into(),
             requestor: "r".into(),
+            request_id: None,
         };
         let mut b = table.batch();
         b.apply(name, op, &claim, SystemTime::UNIX_EPOCH);

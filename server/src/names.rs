@@ -1,4 +1,4 @@
-//! What a lock name, key or requestor may be, checked once at the edge.
+//! What a lock name, key, requestor or request id may be, checked once at the edge.
 //!
 //! Names arrive percent-encoded in a URL path segment; keys and requestors in a JSON body.
 //! All three are compared byte for byte. Control characters are refused because they break
@@ -49,9 +49,38 @@ pub fn check_text(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest request id (`Idempotency-Key`), in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 255;
+
+/// Checks a request id: 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII characters, such as a UUID.
+pub fn check_request_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+        return Err(format!(
+            "request id is {} bytes long; it must be 1 to {MAX_REQUEST_ID_LEN} bytes",
+            id.len()
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "request id '{}' may contain visible ASCII characters only (no spaces), such as a UUID",
+            id.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_visible_ascii_of_bounded_length() {
+        assert!(check_request_id("0b6c1f1e-8a5e-4f6e-9a39-0d2f6c1e9b7a").is_ok());
+        assert!(check_request_id(&"x".repeat(MAX_REQUEST_ID_LEN)).is_ok());
+        for bad in ["", "a b", "tab\t", "ü", &"x".repeat(MAX_REQUEST_ID_LEN + 1)] {
+            assert!(check_request_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn percent_encoded_names_are_decoded() {

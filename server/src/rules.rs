@@ -6,9 +6,18 @@
 //! a storage backend can persist exactly the changed locks and publish them only once they
 //! are durable. Time comes in as an argument, which keeps every rule testable and leaves
 //! room for leases that expire.
+//!
+//! A request may carry a request id (the HTTP `Idempotency-Key`). A lock remembers the ids of
+//! the last [`REMEMBERED_REQUESTS`] requests that changed it, so a client that retries after
+//! losing an answer does not claim (or release) twice: the retry is answered as done and
+//! changes nothing, as long as what it did still stands.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
+
+/// How many request ids a lock remembers: enough for the retries of every sharer of a key
+/// in flight at once; older ids are forgotten first.
+pub const REMEMBERED_REQUESTS: usize = 8;
 
 /// The state of one lock.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,12 +30,27 @@ pub struct Lock {
     pub revision: u64,
     /// When the current key took the lock; `None` when free (or unknown, for imported locks).
     pub locked_at: Option<SystemTime>,
+    /// Ids of the last requests that changed this lock, oldest first (at most
+    /// [`REMEMBERED_REQUESTS`]).
+    pub requests: Vec<String>,
 }
 
 impl Lock {
     /// True when no key holds the lock.
     pub fn is_free(&self) -> bool {
         self.locked_by.is_empty()
+    }
+
+    /// True when the request with this id changed this lock recently.
+    pub fn remembers(&self, request_id: &str) -> bool {
+        self.requests.iter().any(|id| id == request_id)
+    }
+
+    fn remember(&mut self, request_id: &str) {
+        if self.requests.len() >= REMEMBERED_REQUESTS {
+            self.requests.remove(0);
+        }
+        self.requests.push(request_id.to_owned());
     }
 
     /// Checks the invariants a lock read from storage must satisfy.
@@ -107,11 +131,13 @@ impl FromIterator<(String, u64)> for Holders {
     }
 }
 
-/// Who asks: the key that identifies a claim and the requestor it is counted for.
+/// Who asks: the key that identifies a claim and the requestor it is counted for, and the
+/// request's id when the client gave one (retries of one request share it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub key: String,
     pub requestor: String,
+    pub request_id: Option<String>,
 }
 
 /// What a request wants done to a lock.
@@ -148,6 +174,34 @@ impl Verdict {
 /// Returns the verdict and, when the lock changes, its new state (with the revision left for
 /// the caller to assign).
 pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, Option<Lock>) {
+    if let Some(verdict) = replayed(lock, op, claim) {
+        return (verdict, None);
+    }
+    let (verdict, mut next) = decide_afresh(lock, op, claim, now);
+    if let (Some(next), Some(id)) = (next.as_mut(), &claim.request_id) {
+        next.remember(id);
+    }
+    (verdict, next)
+}
+
+/// The verdict for a retry of a request that already changed `lock`, if it is one: a lock
+/// is done while the claim it added still stands (after that, it is decided afresh); an
+/// unlock is done for good.
+fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
+    let id = claim.request_id.as_deref()?;
+    if !lock.remembers(id) {
+        return None;
+    }
+    match op {
+        Op::Lock if lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some() => {
+            Some(Verdict::Acquired)
+        }
+        Op::Lock => None,
+        Op::Unlock => Some(Verdict::Released),
+    }
+}
+
+fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, Option<Lock>) {
     let same_key = lock.is_free() || lock.key == claim.key;
     match op {
         Op::Lock if same_key => {
@@ -306,7 +360,79 @@ mod tests {
         Claim {
             key: key.into(),
             requestor: requestor.into(),
+            request_id: None,
         }
+    }
+
+    fn retried(key: &str, requestor: &str, id: &str) -> Claim {
+        Claim {
+            request_id: Some(id.into()),
+            ..claim(key, requestor)
+        }
+    }
+
+    #[test]
+    fn a_retried_lock_claims_once() {
+        let mut table = LockTable::default();
+        let first = table.apply("env", Op::Lock, &retried("k", "x", "r1"), at(1));
+        let again = table.apply("env", Op::Lock, &retried("k", "x", "r1"), at(2));
+        assert_eq!(
+            again.verdict,
+            Verdict::Acquired,
+            "the retry is answered as done"
+        );
+        assert_eq!(again.lock, first.lock, "and changes nothing");
+        assert_eq!(table.revision, 1);
+        let other = table.apply("env", Op::Lock, &retried("k", "x", "r2"), at(3));
+        assert_eq!(
+            other.lock.locked_by.get("x"),
+            Some(&2),
+            "a new id claims again"
+        );
+    }
+
+    #[test]
+    fn a_retried_unlock_releases_once() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &claim("k", "x"), at(1));
+        table.apply("env", Op::Lock, &claim("k", "x"), at(1));
+        table.apply("env", Op::Unlock, &retried("k", "x", "u1"), at(2));
+        let again = table.apply("env", Op::Unlock, &retried("k", "x", "u1"), at(3));
+        assert_eq!(again.verdict, Verdict::Released);
+        assert_eq!(again.lock.locked_by.get("x"), Some(&1), "one claim is left");
+        assert_eq!(table.revision, 3);
+    }
+
+    #[test]
+    fn a_retried_lock_whose_claim_was_released_is_decided_afresh() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &retried("a", "x", "r1"), at(1));
+        table.apply("env", Op::Unlock, &claim("a", "x"), at(2));
+        table.apply("env", Op::Lock, &claim("b", "y"), at(3));
+        let again = table.apply("env", Op::Lock, &retried("a", "x", "r1"), at(4));
+        assert_eq!(
+            again.verdict,
+            Verdict::HeldByOther,
+            "a retry never reports a lock it does not hold"
+        );
+    }
+
+    #[test]
+    fn a_lock_remembers_its_last_requests_only() {
+        let mut table = LockTable::default();
+        for i in 0..=REMEMBERED_REQUESTS {
+            table.apply("env", Op::Lock, &retried("k", "x", &format!("r{i}")), at(1));
+        }
+        let lock = table.get("env");
+        assert_eq!(lock.requests.len(), REMEMBERED_REQUESTS);
+        assert!(!lock.remembers("r0"), "the oldest is forgotten");
+        assert!(lock.remembers(&format!("r{REMEMBERED_REQUESTS}")));
+        let refused = table.apply("env", Op::Lock, &retried("other", "y", "r9"), at(2));
+        assert_eq!(refused.verdict, Verdict::HeldByOther);
+        assert!(
+            !table.get("env").remembers("r9"),
+            "a refusal is not remembered"
+        );
     }
 
     fn at(secs: u64) -> SystemTime {

@@ -41,7 +41,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::journal::{self, Journal};
 use crate::names;
-use crate::rules::{Changes, Holders, Lock, LockTable};
+use crate::rules::{Changes, Holders, Lock, LockTable, REMEMBERED_REQUESTS};
 
 /// The format version this server writes and reads.
 pub const VERSION: u64 = 1;
@@ -318,7 +318,10 @@ fn render(table: &LockTable, changes: &Changes, capacity: usize) -> io::Result<V
         out.extend_from_slice(b"  ");
         write_yaml_safe_json(&mut out, &serde_json::to_string(name)?);
         out.extend_from_slice(b": ");
-        write_yaml_safe_json(&mut out, &serde_json::to_string(&LockView(lock))?);
+        write_yaml_safe_json(
+            &mut out,
+            &serde_json::to_string(&LockView(lock, View::Stored))?,
+        );
         out.push(b'\n');
     }
     out.extend_from_slice(END_LINE.as_bytes());
@@ -480,6 +483,7 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
                     locked_by,
                     revision: 0,
                     locked_at: None,
+                    requests: Vec::new(),
                 };
                 (name, lock)
             })
@@ -517,6 +521,8 @@ pub(crate) struct StoredLock {
     locked_by: UniqueMap<u64>,
     revision: u64,
     locked_at: Option<String>,
+    #[serde(default)]
+    requests: Vec<String>,
 }
 
 impl StoredLock {
@@ -535,11 +541,21 @@ impl StoredLock {
                 self.revision
             ));
         }
+        if self.requests.len() > REMEMBERED_REQUESTS {
+            return Err(format!(
+                "it remembers {} request ids, more than the {REMEMBERED_REQUESTS} kept",
+                self.requests.len()
+            ));
+        }
+        for id in &self.requests {
+            names::check_request_id(id)?;
+        }
         let lock = Lock {
             key: self.key,
             locked_by: self.locked_by.0.into_iter().collect(),
             revision: self.revision,
             locked_at,
+            requests: self.requests,
         };
         lock.check_invariants()?;
         Ok(lock)
@@ -579,29 +595,41 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     }
 }
 
+/// Who a lock is written for: the HTTP API, or storage (the state file and the journal),
+/// which also keeps the ids of the requests that changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Api,
+    Stored,
+}
+
 /// How a lock is written, in the state file and in the HTTP API alike.
-pub struct LockView<'a>(pub &'a Lock);
+pub struct LockView<'a>(pub &'a Lock, pub View);
 
 impl Serialize for LockView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let lock = self.0;
-        let mut map = s.serialize_map(Some(4))?;
+        let LockView(lock, view) = *self;
+        let with_requests = view == View::Stored && !lock.requests.is_empty();
+        let mut map = s.serialize_map(Some(4 + usize::from(with_requests)))?;
         map.serialize_entry("key", &lock.key)?;
         map.serialize_entry("locked_by", &HoldersView(&lock.locked_by))?;
         map.serialize_entry("revision", &lock.revision)?;
         map.serialize_entry("locked_at", &lock.locked_at.map(rfc3339))?;
+        if with_requests {
+            map.serialize_entry("requests", &lock.requests)?;
+        }
         map.end()
     }
 }
 
 /// Locks by name, as a map of [`LockView`]s.
-pub struct LocksView<'a>(pub &'a BTreeMap<String, Lock>);
+pub struct LocksView<'a>(pub &'a BTreeMap<String, Lock>, pub View);
 
 impl Serialize for LocksView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.0.len()))?;
         for (name, lock) in self.0 {
-            map.serialize_entry(name, &LockView(lock))?;
+            map.serialize_entry(name, &LockView(lock, self.1))?;
         }
         map.end()
     }
@@ -675,6 +703,7 @@ mod tests {
             let claim = Claim {
                 key: name.to_string(),
                 requestor: format!("{name}-{i}"),
+                request_id: Some(format!("req-\"{i}\"-'#:{{}}")),
             };
             table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }
@@ -690,6 +719,7 @@ mod tests {
         let claim = Claim {
             key: "k".into(),
             requestor: "r".into(),
+            request_id: None,
         };
         table.apply("b", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         let mut batch = table.batch();
@@ -731,6 +761,7 @@ mod tests {
             let claim = Claim {
                 key: text.to_string(),
                 requestor: format!("{text}-{i}"),
+                request_id: None,
             };
             // Control characters are refused in names (not in imported keys or requestors).
             let name = match names::check_text("name", text) {
@@ -763,6 +794,7 @@ mod tests {
             let claim = Claim {
                 key: "k".into(),
                 requestor: "r".into(),
+                request_id: None,
             };
             table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }

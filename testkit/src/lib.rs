@@ -311,6 +311,7 @@ fn signal(child: &Child, sig: libc::c_int) {
 pub struct Client {
     agent: ureq::Agent,
     auth: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 impl Default for Client {
@@ -340,7 +341,11 @@ impl Client {
             .tls_config(tls)
             .build()
             .into();
-        Client { agent, auth: None }
+        Client {
+            agent,
+            auth: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Sends basic auth with every request.
@@ -358,6 +363,12 @@ impl Client {
         self
     }
 
+    /// Sends `name: value` with every request (added to those already set, even of the same name).
+    pub fn header(mut self, name: &str, value: &str) -> Client {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Sends a request; `body` is sent as is when given. Returns status and parsed JSON
     /// (`Value::String` of the raw text when the body is not JSON).
     pub fn call(
@@ -369,6 +380,9 @@ impl Client {
         let mut req = ureq::http::Request::builder().method(method).uri(url);
         if let Some(auth) = &self.auth {
             req = req.header("authorization", auth);
+        }
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
         }
         let req = req.body(body.unwrap_or("").to_string()).expect("request");
         let mut resp = self.agent.run(req)?;

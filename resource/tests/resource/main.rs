@@ -5,5 +5,6 @@ mod helpers;
 
 mod auth_and_tls;
 mod locking;
+mod lost_answers;
 mod protocol;
 mod waiting;

@@ -4,6 +4,7 @@ mod auth_tls;
 mod concurrency;
 mod locks;
 mod persistence;
+mod retries;
 mod startup;
 
 use serde_json::Value;
