@@ -200,15 +200,21 @@ fn files(dir: &Path) -> Vec<(PathBuf, String)> {
     found
 }
 
-/// A FUSE disk over `dir`, or why not (the caller skips `test`).
-fn faulty_disk(dir: &Path, test: &str) -> Option<FaultyDisk> {
-    match FaultyDisk::mount(dir) {
-        Ok(disk) => Some(disk),
+/// A server on a (healthy, for now) FUSE disk, holding lock `held` with key `k1`; `None`,
+/// saying so, where FUSE cannot be mounted (the caller `test` skips itself).
+fn server_on_faulty_disk(test: &str) -> Option<(FaultyDisk, Locker)> {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let disk = match FaultyDisk::mount(dir.clone()) {
+        Ok(disk) => disk,
         Err(why) => {
             eprintln!("SKIPPED {test}: {why}");
-            None
+            return None;
         }
-    }
+    };
+    let state = disk.mount_point.join("locker.yml");
+    let server = Locker::start_on(dir, state, Options::default()).expect("start");
+    assert_eq!(put(&server, "held", "k1").0, 200);
+    Some((disk, server))
 }
 
 /// The bytes of every file the server keeps, as they are on the disk underneath.
@@ -248,14 +254,10 @@ fn assert_refused_while(server: &Locker, disk: &FaultyDisk, fault: Fault, count:
 #[test]
 fn a_disk_that_turns_read_only_answers_503_and_recovers_without_a_restart() {
     const TEST: &str = "a_disk_that_turns_read_only_answers_503_and_recovers_without_a_restart";
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let Some(disk) = faulty_disk(dir.path(), TEST) else {
+    // Dropped in reverse: the server stops before the disk is unmounted.
+    let Some((disk, mut server)) = server_on_faulty_disk(TEST) else {
         return;
     };
-    let state = disk.mount_point.join("locker.yml");
-    let mut server =
-        Locker::start_on(dir.clone(), state.clone(), Options::default()).expect("start");
-    assert_eq!(put(&server, "held", "k1").0, 200);
 
     // Enough refused changes that a compaction would be due if they had been accepted.
     assert_refused_while(&server, &disk, Fault::ReadOnly, 50);
@@ -287,14 +289,9 @@ fn a_disk_that_turns_read_only_answers_503_and_recovers_without_a_restart() {
 #[test]
 fn failing_fsyncs_answer_503_and_no_refused_change_survives_a_crash() {
     const TEST: &str = "failing_fsyncs_answer_503_and_no_refused_change_survives_a_crash";
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let Some(disk) = faulty_disk(dir.path(), TEST) else {
+    let Some((disk, mut server)) = server_on_faulty_disk(TEST) else {
         return;
     };
-    let state = disk.mount_point.join("locker.yml");
-    let mut server =
-        Locker::start_on(dir.clone(), state.clone(), Options::default()).expect("start");
-    assert_eq!(put(&server, "held", "k1").0, 200);
 
     assert_refused_while(&server, &disk, Fault::FailingSync, 20);
     disk.set(Fault::None);

@@ -45,11 +45,14 @@ pub struct FaultyDisk {
     pub backing: PathBuf,
     fault: Arc<AtomicU8>,
     _session: BackgroundSession,
+    /// Dropped after the session: the directory outlives the mount in it.
+    _dir: Arc<tempfile::TempDir>,
 }
 
 impl FaultyDisk {
     /// Mounts a healthy disk at `dir/disk`, kept in `dir/backing`; or says why it cannot.
-    pub fn mount(dir: &Path) -> Result<FaultyDisk, String> {
+    pub fn mount(temp: Arc<tempfile::TempDir>) -> Result<FaultyDisk, String> {
+        let dir = temp.path();
         if !Path::new("/dev/fuse").exists() {
             return Err("/dev/fuse is missing".into());
         }
@@ -73,6 +76,7 @@ impl FaultyDisk {
             backing,
             fault,
             _session: session,
+            _dir: temp,
         })
     }
 
