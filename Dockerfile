@@ -3,9 +3,10 @@
 #   docker build .                  the Concourse resource type (default, last stage)
 #   docker build --target server .  the lock server
 #
-# The base images are build arguments so they can come from a mirror or be
-# made locally; scripts/image-test makes them with debootstrap and builds
-# offline. If the build context holds a `vendor/` directory and a
+# Both images are FROM scratch: the binaries, the shared libraries they link,
+# a CA bundle and a passwd file (scripts/minimal-rootfs); no shell. The build
+# image is a build argument so it can come from a mirror or be made locally;
+# scripts/image-test makes it with debootstrap and builds offline. If the build context holds a `vendor/` directory and a
 # `.cargo/config.toml` pointing at it, cargo uses those crates and needs no
 # network.
 #
@@ -13,7 +14,6 @@
 # legacy builder works as well as BuildKit.
 
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
-ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # The workspace's manifests, with every Rust source file replaced by a stub
 # (plus vendor/ and .cargo/ when present). It changes only when dependencies
@@ -47,27 +47,21 @@ RUN find . \( -path ./vendor -o -path ./target \) -prune -o -name '*.rs' -exec t
     && mkdir -p /out \
     && cp target/release/locker target/release/check target/release/in target/release/out /out/
 
-# A minimal root file system for the resource image: the three binaries, the
-# exact shared libraries they link and the dynamic loader, a CA bundle, and
-# an /etc/passwd (containerd-based Concourse workers fail on images without
-# one). No shell, no package manager.
+# The resource image's root: /opt/resource/check, in and out.
 FROM build AS resource-rootfs
-RUN set -eu; \
-    root=/rootfs; \
-    mkdir -p "$root/opt/resource" "$root/etc/ssl/certs" "$root/tmp"; \
-    chmod 1777 "$root/tmp"; \
-    cp /out/check /out/in /out/out "$root/opt/resource/"; \
-    for lib in $(ldd "$root"/opt/resource/* | grep -o '/[^ ]*' | grep -v "^$root" | sort -u); do \
-        mkdir -p "$root$(dirname "$lib")"; \
-        cp -L "$lib" "$root$lib"; \
-    done; \
-    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"; \
-    printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' \
-        'nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin' >"$root/etc/passwd"; \
-    printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' >"$root/etc/group"; \
-    printf '%s\n' 'hosts: files dns' >"$root/etc/nsswitch.conf"
+RUN mkdir -p /rootfs/opt/resource \
+    && cp /out/check /out/in /out/out /rootfs/opt/resource/ \
+    && scripts/minimal-rootfs /rootfs
 
-FROM ${RUNTIME_IMAGE} AS server
+# The server image's root: /usr/local/bin/locker and /data for its state,
+# owned by the `locker` user.
+FROM build AS server-rootfs
+RUN mkdir -p /rootfs/usr/local/bin /rootfs/data \
+    && cp /out/locker /rootfs/usr/local/bin/ \
+    && scripts/minimal-rootfs /rootfs \
+    && chown 10001:10001 /rootfs/data
+
+FROM scratch AS server
 ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="locker-server" \
@@ -76,21 +70,16 @@ LABEL org.opencontainers.image.title="locker-server" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
-COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build /out/locker /usr/local/bin/locker
-RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
-        --shell /usr/sbin/nologin locker \
-    && mkdir -p /data \
-    && chown locker:locker /data
+COPY --from=server-rootfs /rootfs/ /
 ENV PORT=3000 \
     LOCKER_CONFIG=/data/locker.yml
-USER locker
+USER 10001:10001
 WORKDIR /data
 VOLUME /data
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["locker", "healthcheck"]
-ENTRYPOINT ["locker"]
+    CMD ["/usr/local/bin/locker", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/locker"]
 
 FROM scratch AS resource
 ARG VERSION=dev

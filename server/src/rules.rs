@@ -8,9 +8,11 @@
 //! room for leases that expire.
 //!
 //! A request may carry a request id (the HTTP `Idempotency-Key`). A lock remembers the ids of
-//! the last [`REMEMBERED_REQUESTS`] requests that changed it, so a client that retries after
-//! losing an answer does not claim (or release) twice: the retry is answered as done and
-//! changes nothing, as long as what it did still stands.
+//! the requests that changed it since it was last free (the last [`REMEMBERED_REQUESTS`]), and
+//! of the one that freed it, so a client that retries after losing an answer does not claim (or
+//! release) twice: the retry is answered as done and changes nothing, as long as what it did
+//! still stands. Forgetting at each release keeps a lock's memory small: typically one or two
+//! ids.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -30,8 +32,8 @@ pub struct Lock {
     pub revision: u64,
     /// When the current key took the lock; `None` when free (or unknown, for imported locks).
     pub locked_at: Option<SystemTime>,
-    /// Ids of the last requests that changed this lock, oldest first (at most
-    /// [`REMEMBERED_REQUESTS`]).
+    /// Ids of the requests that changed this lock since it was last free, and of the one that
+    /// freed it; oldest first, at most [`REMEMBERED_REQUESTS`].
     pub requests: Vec<String>,
 }
 
@@ -178,8 +180,13 @@ pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, 
         return (verdict, None);
     }
     let (verdict, mut next) = decide_afresh(lock, op, claim, now);
-    if let (Some(next), Some(id)) = (next.as_mut(), &claim.request_id) {
-        next.remember(id);
+    if let Some(next) = next.as_mut() {
+        if next.is_free() {
+            next.requests.clear();
+        }
+        if let Some(id) = &claim.request_id {
+            next.remember(id);
+        }
     }
     (verdict, next)
 }
@@ -414,6 +421,35 @@ mod tests {
             again.verdict,
             Verdict::HeldByOther,
             "a retry never reports a lock it does not hold"
+        );
+    }
+
+    #[test]
+    fn a_freed_lock_remembers_only_the_request_that_freed_it() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &retried("k", "x", "l1"), at(1));
+        table.apply("env", Op::Lock, &retried("k", "y", "l2"), at(1));
+        table.apply("env", Op::Unlock, &retried("k", "x", "u1"), at(2));
+        assert_eq!(table.get("env").requests, ["l1", "l2", "u1"]);
+        table.apply("env", Op::Unlock, &retried("k", "y", "u2"), at(3));
+        assert_eq!(table.get("env").requests, ["u2"]);
+        let again = table.apply("env", Op::Unlock, &retried("k", "y", "u2"), at(4));
+        assert_eq!(
+            again.verdict,
+            Verdict::Released,
+            "its retry is still recognised"
+        );
+        table.apply("env", Op::Unlock, &claim("k", "y"), at(5));
+        assert_eq!(
+            table.get("env").requests,
+            ["u2"],
+            "a request that changes nothing changes no memory"
+        );
+        table.apply("env", Op::Lock, &claim("k2", "z"), at(6));
+        table.apply("env", Op::Unlock, &claim("k2", "z"), at(7));
+        assert!(
+            table.get("env").requests.is_empty(),
+            "freed by a request without an id"
         );
     }
 
