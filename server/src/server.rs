@@ -2,11 +2,11 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
+use poem::listener::{Acceptor, AcceptorExt, Listener, TcpAcceptor, TcpListener};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -35,6 +35,28 @@ pub enum ServerError {
     Serve(io::Error),
 }
 
+/// Listens on every address of `port`, IPv6 and IPv4 (one dual-stack socket, as the original
+/// Go server did), or on IPv4 alone where the host has no IPv6.
+async fn bind(port: u16) -> io::Result<(TcpAcceptor, SocketAddr)> {
+    let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match TcpListener::bind(dual).into_acceptor().await {
+        Ok(acceptor) => Ok((acceptor, dual)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Err(e)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no IPv6 here; listening on IPv4 only");
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            Ok((TcpListener::bind(v4).into_acceptor().await?, v4))
+        }
+    }
+}
+
 /// Runs the server until `shutdown` completes, then drains in-flight requests and returns.
 pub async fn run(
     config: Config,
@@ -45,10 +67,7 @@ pub async fn run(
     let known = table.locks.len();
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
 
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
-    let tcp = TcpListener::bind(addr);
-    let tcp = tcp
-        .into_acceptor()
+    let (tcp, addr) = bind(config.port)
         .await
         .map_err(|source| ServerError::Bind {
             port: config.port,

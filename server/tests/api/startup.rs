@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use locker_testkit::{Locker, Options, workspace_bin};
+use locker_testkit::{Client, Locker, Options, workspace_bin};
 
 fn locker(args: &[&str]) -> std::process::Output {
     Command::new(workspace_bin("locker"))
@@ -96,4 +96,23 @@ fn default_state_file_is_in_the_working_directory_and_said_so() {
         server.log()
     );
     assert!(server.dir().path().join("locker-data.yml").exists());
+}
+
+#[test]
+fn the_server_answers_on_ipv6_and_ipv4() {
+    let server = Locker::start();
+    let (status, _) = Client::new().get(&server.url("/healthz"));
+    assert_eq!(status, 200, "IPv4 (127.0.0.1)");
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED the IPv6 half of the_server_answers_on_ipv6_and_ipv4: no ::1 here");
+        return;
+    }
+    let url = format!("http://[::1]:{}/healthz", server.port());
+    let (status, body) = Client::new().get(&url);
+    assert_eq!(status, 200, "IPv6 (::1): {body}");
+    assert!(
+        server.log().contains("listening on http://[::]:"),
+        "the log names the dual-stack address:\n{}",
+        server.log()
+    );
 }
