@@ -848,6 +848,14 @@ mod tests {
             ),
             (r#"{"a": 1}"#, "original server's JSON"),
             ("\u{0}\u{1}garbage", "not a valid version 1 file"),
+            (
+                "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {}, revision: 1, locked_at: null, requests: ['a b']}\n",
+                "visible ASCII",
+            ),
+            (
+                "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {}, revision: 1, locked_at: null, requests: [a,b,c,d,e,f,g,h,i]}\n",
+                "more than the 8 kept",
+            ),
         ];
         for (text, expected) in cases {
             let err = load(text).unwrap_err();
