@@ -38,6 +38,17 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// A free lock at revision 0: what a name never used is.
+    pub const fn free() -> Lock {
+        Lock {
+            key: String::new(),
+            locked_by: Holders(Vec::new()),
+            revision: 0,
+            locked_at: None,
+            requests: Vec::new(),
+        }
+    }
+
     /// True when no key holds the lock.
     pub fn is_free(&self) -> bool {
         self.locked_by.is_empty()
@@ -315,20 +326,22 @@ impl<'a> Batch<'a> {
 
     /// Decides one request; a change takes the next revision.
     pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
-        let current = self.get(name);
-        match decide(&current, op, claim, now) {
+        static FREE: Lock = Lock::free();
+        let current = match self.changes.get(name) {
+            Some(lock) => lock,
+            None => self.base.locks.get(name).unwrap_or(&FREE),
+        };
+        match decide(current, op, claim, now) {
             (verdict, Some(mut next)) => {
                 self.revision += 1;
                 next.revision = self.revision;
-                self.changes.insert(name.to_owned(), next.clone());
-                Decision {
-                    verdict,
-                    lock: next,
-                }
+                let lock = next.clone();
+                self.changes.insert(name.to_owned(), next);
+                Decision { verdict, lock }
             }
             (verdict, None) => Decision {
                 verdict,
-                lock: current,
+                lock: current.clone(),
             },
         }
     }
