@@ -22,7 +22,7 @@ use std::time::SystemTime;
 pub const REMEMBERED_REQUESTS: usize = 8;
 
 /// The state of one lock.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
     /// The key that holds the lock; empty when the lock is free.
     pub key: String,
@@ -36,6 +36,15 @@ pub struct Lock {
     /// freed it; oldest first, at most [`REMEMBERED_REQUESTS`].
     pub requests: Vec<String>,
 }
+
+impl Default for Lock {
+    fn default() -> Lock {
+        Lock::free()
+    }
+}
+
+/// What [`LockTable::lock`] lends for a name never used.
+static FREE: Lock = Lock::free();
 
 impl Lock {
     /// A free lock at revision 0: what a name never used is.
@@ -258,8 +267,13 @@ pub struct LockTable {
 
 impl LockTable {
     /// The lock called `name`, or a free lock at revision 0 for a name never used.
+    pub fn lock(&self, name: &str) -> &Lock {
+        self.locks.get(name).unwrap_or(&FREE)
+    }
+
+    /// An owned copy of [`LockTable::lock`].
     pub fn get(&self, name: &str) -> Lock {
-        self.locks.get(name).cloned().unwrap_or_default()
+        self.lock(name).clone()
     }
 
     /// Starts a batch of requests on top of this table.
@@ -317,20 +331,15 @@ impl Changes {
 
 impl<'a> Batch<'a> {
     /// The lock as this batch sees it: its own change if any, else the table's.
-    pub fn get(&self, name: &str) -> Lock {
-        match self.changes.get(name) {
-            Some(lock) => lock.clone(),
-            None => self.base.get(name),
-        }
+    pub fn lock(&self, name: &str) -> &Lock {
+        self.changes
+            .get(name)
+            .unwrap_or_else(|| self.base.lock(name))
     }
 
     /// Decides one request; a change takes the next revision.
     pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
-        static FREE: Lock = Lock::free();
-        let current = match self.changes.get(name) {
-            Some(lock) => lock,
-            None => self.base.locks.get(name).unwrap_or(&FREE),
-        };
+        let current = self.lock(name);
         match decide(current, op, claim, now) {
             (verdict, Some(mut next)) => {
                 self.revision += 1;
