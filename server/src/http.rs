@@ -343,33 +343,53 @@ fn some_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, s
     Cow::<'de, str>::deserialize(d).map(Some)
 }
 
-impl ClaimBody<'_> {
+impl<'a> ClaimBody<'a> {
     fn into_claim(self) -> Result<Claim, String> {
         names::check_text("field 'key'", &self.key)?;
-        let mut requestor: Option<Cow<str>> = None;
-        for (field, value) in [
-            ("locked_by", self.locked_by),
-            ("lock_by", self.lock_by),
-            ("requestor", self.requestor),
-        ] {
-            let Some(r) = value else { continue };
-            names::check_text(&format!("field '{field}'"), &r)?;
-            if requestor.as_ref().is_some_and(|prev| *prev != r) {
-                return Err(DISAGREEING_REQUESTORS.into());
+        let checked = |field: &str, value: Option<Cow<'a, str>>| {
+            if let Some(text) = &value {
+                names::check_text(&format!("field '{field}'"), text)?;
             }
-            requestor = Some(r);
-        }
-        let key = self.key.into_owned();
-        Ok(Claim {
-            requestor: requestor.map_or_else(|| key.clone(), Cow::into_owned),
-            key,
-            request_id: None,
-        })
+            Ok(value)
+        };
+        claim_from(
+            self.key,
+            [
+                checked("locked_by", self.locked_by),
+                checked("lock_by", self.lock_by),
+                checked("requestor", self.requestor),
+            ],
+        )
     }
 }
 
-const DISAGREEING_REQUESTORS: &str =
-    "locked_by, lock_by and requestor name the same thing; they disagree here";
+/// The claim of `key` and the requestor named by the body's `locked_by`, `lock_by` and
+/// `requestor` fields (each already read and checked, in that order; the first error wins):
+/// the spellings given must agree, and the requestor defaults to the key.
+fn claim_from<T>(key: T, requestors: [Result<Option<T>, String>; 3]) -> Result<Claim, String>
+where
+    T: AsRef<str> + Into<String>,
+{
+    let mut requestor: Option<T> = None;
+    for named in requestors {
+        let Some(r) = named? else { continue };
+        if requestor
+            .as_ref()
+            .is_some_and(|prev| prev.as_ref() != r.as_ref())
+        {
+            return Err(
+                "locked_by, lock_by and requestor name the same thing; they disagree here".into(),
+            );
+        }
+        requestor = Some(r);
+    }
+    let key: String = key.into();
+    Ok(Claim {
+        requestor: requestor.map_or_else(|| key.clone(), Into::into),
+        key,
+        request_id: None,
+    })
+}
 
 /// Parses a body as a JSON value first, to explain precisely what is wrong with it.
 fn parse_claim_value(bytes: &[u8]) -> Result<Claim, String> {
@@ -407,21 +427,7 @@ fn parse_claim_value(bytes: &[u8]) -> Result<Claim, String> {
         }
     };
     let key = text("key")?.ok_or_else(|| format!("field 'key' is required; {example}"))?;
-    let mut requestor: Option<String> = None;
-    for field in ["locked_by", "lock_by", "requestor"] {
-        if let Some(r) = text(field)? {
-            if requestor.as_ref().is_some_and(|prev| *prev != r) {
-                return Err(DISAGREEING_REQUESTORS.into());
-            }
-            requestor = Some(r);
-        }
-    }
-    let requestor = requestor.unwrap_or_else(|| key.clone());
-    Ok(Claim {
-        key,
-        requestor,
-        request_id: None,
-    })
+    claim_from(key, ["locked_by", "lock_by", "requestor"].map(text))
 }
 
 /// The request's `Idempotency-Key` header, if it has one: retries of one request share it, so
@@ -436,14 +442,11 @@ fn request_id(req: &Request) -> Result<Option<String>, ApiError> {
             "{IDEMPOTENCY_KEY} is given more than once; send one per request"
         )));
     }
-    let id = value.to_str().map_err(|_| {
-        ApiError::bad_request(format!(
-            "{IDEMPOTENCY_KEY}: request id may contain visible ASCII characters only (no spaces), such as a UUID"
-        ))
-    })?;
-    names::check_request_id(id)
+    // Bytes that are not UTF-8 are not visible ASCII either: the check names them.
+    let id = String::from_utf8_lossy(value.as_bytes());
+    names::check_request_id(&id)
         .map_err(|e| ApiError::bad_request(format!("{IDEMPOTENCY_KEY}: {e}")))?;
-    Ok(Some(id.to_owned()))
+    Ok(Some(id.into_owned()))
 }
 
 fn json_type(v: &Value) -> &'static str {
