@@ -310,7 +310,6 @@ fn signal(child: &Child, sig: libc::c_int) {
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
-    auth: Option<String>,
     headers: Vec<(String, String)>,
 }
 
@@ -343,24 +342,21 @@ impl Client {
             .into();
         Client {
             agent,
-            auth: None,
             headers: Vec::new(),
         }
     }
 
     /// Sends basic auth with every request.
-    pub fn basic_auth(mut self, user: &str, pass: &str) -> Client {
+    pub fn basic_auth(self, user: &str, pass: &str) -> Client {
         use std::io::Write;
         let mut raw = Vec::new();
         write!(raw, "{user}:{pass}").unwrap();
-        self.auth = Some(format!("Basic {}", base64(&raw)));
-        self
+        self.authorization(&format!("Basic {}", base64(&raw)))
     }
 
     /// Sends a raw `Authorization` header value.
-    pub fn authorization(mut self, value: &str) -> Client {
-        self.auth = Some(value.to_string());
-        self
+    pub fn authorization(self, value: &str) -> Client {
+        self.header("authorization", value)
     }
 
     /// Sends `name: value` with every request (added to those already set, even of the same name).
@@ -378,9 +374,6 @@ impl Client {
         body: Option<&str>,
     ) -> Result<(u16, Value), ureq::Error> {
         let mut req = ureq::http::Request::builder().method(method).uri(url);
-        if let Some(auth) = &self.auth {
-            req = req.header("authorization", auth);
-        }
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }
