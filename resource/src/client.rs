@@ -282,17 +282,26 @@ impl LockerClient {
     /// `PUT /lock/{name}`: claim the lock.
     pub fn lock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
-        let request = self.prepare(self.agent.put(&url));
-        let request = request.header("Idempotency-Key", claim.request_id);
-        claim_answer(&url, request.send_json(claim))
+        self.send_claim(&url, self.agent.put(&url), claim)
     }
 
     /// `DELETE /lock/{name}`: release one claim.
     pub fn unlock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
-        let request = self.prepare(self.agent.delete(&url).force_send_body());
-        let request = request.header("Idempotency-Key", claim.request_id);
-        claim_answer(&url, request.send_json(claim))
+        self.send_claim(&url, self.agent.delete(&url).force_send_body(), claim)
+    }
+
+    /// Sends `claim` as the body of `request`, with its request id.
+    fn send_claim(
+        &self,
+        url: &str,
+        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        claim: &Claim<'_>,
+    ) -> Result<ClaimAnswer, RequestError> {
+        let request = self
+            .prepare(request)
+            .header("Idempotency-Key", claim.request_id);
+        claim_answer(url, request.send_json(claim))
     }
 
     fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
