@@ -217,15 +217,10 @@ fn server_on_faulty_disk(test: &str) -> Option<(FaultyDisk, Locker)> {
     Some((disk, server))
 }
 
-/// The bytes of every file the server keeps, as they are on the disk underneath.
-fn backing_files(disk: &FaultyDisk) -> Vec<(PathBuf, String)> {
-    files(&disk.backing)
-}
-
 /// Refuses `count` new locks and an unlock while `fault` is on: 503 JSON each, nothing
 /// visible, reads still answered, and not one byte changed on the disk.
 fn assert_refused_while(server: &Locker, disk: &FaultyDisk, fault: Fault, count: usize) {
-    let before = backing_files(disk);
+    let before = files(&disk.backing);
     disk.set(fault);
     let while_what = format!("the disk fault {fault:?} is on");
     for i in 0..count {
@@ -238,7 +233,7 @@ fn assert_refused_while(server: &Locker, disk: &FaultyDisk, fault: Fault, count:
     let (status, locks) = Client::new().get(&server.url("/locks"));
     assert_eq!(status, 200, "GET /locks keeps working: {locks}");
     assert_eq!(
-        backing_files(disk),
+        files(&disk.backing),
         before,
         "refused changes left no trace on the disk"
     );

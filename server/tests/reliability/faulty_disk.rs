@@ -26,8 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow,
+    ReplyCreate, ReplyData, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
 };
 
 /// What the disk does wrong, if anything.
@@ -415,38 +414,6 @@ impl Filesystem for Passthrough {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        if ino != INodeNo::ROOT {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let names: Vec<OsString> = match std::fs::read_dir(&self.backing) {
-            Ok(entries) => entries.filter_map(|e| Some(e.ok()?.file_name())).collect(),
-            Err(e) => return reply.error(Errno::from(e)),
-        };
-        let mut inner = self.inner();
-        let entries = [(INodeNo::ROOT, FileType::Directory, OsString::from("."))]
-            .into_iter()
-            .chain([(INodeNo::ROOT, FileType::Directory, OsString::from(".."))])
-            .chain(
-                names
-                    .into_iter()
-                    .map(|name| (INodeNo(inner.inode(&name)), FileType::RegularFile, name)),
-            );
-        for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
-            if reply.add(ino, i as u64 + 1, kind, &name) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
     fn rename(
         &self,
         _req: &Request,
@@ -489,13 +456,5 @@ impl Filesystem for Passthrough {
             }
             Err(e) => reply.error(Errno::from(e)),
         }
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(1 << 20, 1 << 19, 1 << 19, 1 << 16, 1 << 15, 4096, 255, 4096);
-    }
-
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply.ok();
     }
 }
