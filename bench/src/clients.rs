@@ -58,12 +58,11 @@ pub struct OwnLockCycle {
 impl OwnLockCycle {
     /// Client `i` uses the lock `bench-i` with key `key-i`.
     pub async fn connect(addr: SocketAddr, i: usize) -> anyhow::Result<OwnLockCycle> {
-        let path = format!("/lock/bench-{i}");
-        let body = claim(&format!("key-{i}"), &format!("client-{i}"));
+        let (lock, unlock) = own_lock_requests(i, false);
         Ok(OwnLockCycle {
             conn: Connection::connect(addr).await?,
-            lock: request("PUT", &path, Some(&body), false),
-            unlock: request("DELETE", &path, Some(&body), false),
+            lock,
+            unlock,
         })
     }
 }
@@ -86,14 +85,19 @@ pub struct FreshConnectionCycle {
 
 impl FreshConnectionCycle {
     pub fn new(addr: SocketAddr, i: usize) -> FreshConnectionCycle {
-        let path = format!("/lock/bench-{i}");
-        let body = claim(&format!("key-{i}"), &format!("client-{i}"));
-        FreshConnectionCycle {
-            addr,
-            lock: request("PUT", &path, Some(&body), true),
-            unlock: request("DELETE", &path, Some(&body), true),
-        }
+        let (lock, unlock) = own_lock_requests(i, true);
+        FreshConnectionCycle { addr, lock, unlock }
     }
+}
+
+/// The lock and unlock requests of client `i`, on lock `bench-i` with key `key-i`.
+fn own_lock_requests(i: usize, close: bool) -> (Vec<u8>, Vec<u8>) {
+    let path = format!("/lock/bench-{i}");
+    let body = claim(&format!("key-{i}"), &format!("client-{i}"));
+    (
+        request("PUT", &path, Some(&body), close),
+        request("DELETE", &path, Some(&body), close),
+    )
 }
 
 impl Client for FreshConnectionCycle {
