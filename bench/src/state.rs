@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use locker_server::rules::{Claim, LockTable, Op};
+use locker_server::domain::{Claim, LockTable, Op};
 use locker_server::state_file;
 
 /// Writes a state file in which `count` locks (`held-000000`, ...) are each held by its own

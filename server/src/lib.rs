@@ -1,26 +1,30 @@
 //! The locker lock server: mutual exclusion for Concourse pipelines over HTTP.
 //!
 //! # Layout
-//! - [`rules`]: the lock rules, a pure state machine (no I/O, time passed in).
-//! - [`names`]: what a lock name, key or requestor may be.
-//! - [`state_file`]: the YAML state file, the original server's JSON, and atomic replacement.
-//! - [`journal`]: the append-only journal of batches between state file rewrites.
-//! - [`store`]: the writer thread that group-commits changes and publishes them once durable.
-//! - [`http`]: the HTTP API (poem), wire-compatible with the original server.
+//! - [`domain`]: the lock rules, a pure state machine (no I/O, time passed in).
+//! - [`clock`]: the one source of "now", and a clock tests move by hand.
+//! - `store`: the backend seam ("decide and commit a batch"), the writer that group-commits,
+//!   and the published snapshots; `store::file` is the state file and its journal.
+//! - `http`: the HTTP API (poem), wire-compatible with the original server; it owns its JSON.
+//! - `net`: listening, TLS, and limits on slow clients and on connections.
+//! - [`app`]: builds the server from a configuration and a port, then serves it.
 //! - [`config`]: configuration from the environment.
-//! - [`server`]: start-up, graceful shutdown.
-//! - [`tls`]: HTTPS with a configuration checked at start-up.
-//! - [`connection`]: limits on slow clients and on the number of connections.
 //! - [`healthcheck`]: the `locker healthcheck` probe for container runtimes.
+//!
+//! The wire types the server shares with its clients are in the `locker-protocol` crate.
 
+pub mod app;
+pub mod clock;
 pub mod config;
-pub mod connection;
+pub mod domain;
 pub mod healthcheck;
-pub mod http;
-pub mod journal;
-pub mod names;
-pub mod rules;
-pub mod server;
-pub mod state_file;
-pub mod store;
-pub mod tls;
+mod http;
+mod net;
+mod store;
+
+pub use http::OPENAPI;
+
+/// State files as this server writes them, for tools and benchmarks that prepare them.
+pub mod state_file {
+    pub use crate::store::file::{END_LINE, to_bytes};
+}

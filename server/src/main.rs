@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use locker_server::config::{Config, HELP};
-use locker_server::{healthcheck, server};
+use locker_server::{app, healthcheck};
 use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> ExitCode {
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(server::run(config, stop_signal())) {
+    match runtime.block_on(app::run(config, stop_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

@@ -19,7 +19,7 @@
 //! read as well and replaced by this format on the first change.
 //!
 //! Each batch of changes is appended to a journal next to the file (`<file>.journal`, see
-//! [`crate::journal`]) and fsynced. Now and then, and at shutdown, the whole table is written
+//! [`super::journal`]) and fsynced. Now and then, and at shutdown, the whole table is written
 //! into the state file: to a temporary file in the same directory, which is fsynced, renamed
 //! over the state file, and followed by an fsync of the directory, so the file on disk is
 //! always either the previous state or the new one. After a clean shutdown the state file
@@ -27,21 +27,16 @@
 //! of the process; the state file itself can't carry the lock because each write replaces it
 //! with a new inode.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
-use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use locker_protocol::names;
+use serde::Deserialize;
 
-use crate::journal::{self, Journal};
-use crate::names;
-use crate::rules::{Changes, Holders, Lock, LockTable, REMEMBERED_REQUESTS};
+use super::codec::{StoredLock, StoredLockView, UniqueMap};
+use super::journal::{self, Journal};
+use crate::domain::{Changes, Holders, Lock, LockTable};
 
 /// The format version this server writes and reads.
 pub const VERSION: u64 = 1;
@@ -318,10 +313,7 @@ fn render(table: &LockTable, changes: &Changes, capacity: usize) -> io::Result<V
         out.extend_from_slice(b"  ");
         write_yaml_safe_json(&mut out, &serde_json::to_string(name)?);
         out.extend_from_slice(b": ");
-        write_yaml_safe_json(
-            &mut out,
-            &serde_json::to_string(&LockView(lock, View::Stored))?,
-        );
+        write_yaml_safe_json(&mut out, &serde_json::to_string(&StoredLockView(lock))?);
         out.push(b'\n');
     }
     out.extend_from_slice(END_LINE.as_bytes());
@@ -357,9 +349,17 @@ fn write_yaml_safe_json(out: &mut Vec<u8>, json: &str) {
 fn merged<'a>(
     table: &'a LockTable,
     changes: &'a Changes,
-) -> impl Iterator<Item = (&'a String, &'a Lock)> {
-    let mut base = table.locks.iter().peekable();
-    let mut changed = changes.locks.iter().peekable();
+) -> impl Iterator<Item = (&'a str, &'a Lock)> {
+    let mut base = table
+        .locks
+        .iter()
+        .map(|(name, lock)| (&**name, &**lock))
+        .peekable();
+    let mut changed = changes
+        .locks
+        .iter()
+        .map(|(name, lock)| (name.as_str(), lock))
+        .peekable();
     std::iter::from_fn(move || match (base.peek(), changed.peek()) {
         (None, None) => None,
         (Some(_), None) => base.next(),
@@ -392,7 +392,7 @@ fn parse_canonical<L: AsRef<str>>(mut lines: impl Iterator<Item = L>) -> Option<
         "locks: {}" | "locks:" => {}
         _ => return None,
     }
-    let mut locks = BTreeMap::new();
+    let mut locks = std::collections::BTreeMap::new();
     let mut complete = false;
     for line in lines.by_ref() {
         let line = line.as_ref();
@@ -412,7 +412,7 @@ fn parse_canonical<L: AsRef<str>>(mut lines: impl Iterator<Item = L>) -> Option<
     if !complete || lines.any(|l| !l.as_ref().trim().is_empty()) {
         return None;
     }
-    let table = LockTable { revision, locks };
+    let table = LockTable::new(revision, locks);
     check_table(&table).ok()?;
     Some(table)
 }
@@ -437,17 +437,14 @@ fn parse_yaml(text: &str) -> Result<LockTable, ParseError> {
             stored.version
         )));
     }
-    let mut locks = BTreeMap::new();
+    let mut locks = Vec::with_capacity(stored.locks.0.len());
     for (name, l) in stored.locks.0 {
         let lock = l
             .into_lock(stored.revision)
             .map_err(|e| ParseError::Invalid(format!("lock '{name}': {e}")))?;
-        locks.insert(name, lock);
+        locks.push((name, lock));
     }
-    Ok(LockTable {
-        revision: stored.revision,
-        locks,
-    })
+    Ok(LockTable::new(stored.revision, locks))
 }
 
 enum ParseError {
@@ -467,28 +464,24 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
         let legacy: UniqueMap<LegacyLock> = serde_json::from_str(text).map_err(|e| {
             ParseError::Invalid(format!("it looks like the original server's JSON, but {e}"))
         })?;
-        let locks = legacy
-            .0
-            .into_iter()
-            .map(|(name, l)| {
-                let locked_by: Holders = l.locked_by.0.into_iter().collect();
-                // The original cleared the key only on some paths; no holders means free.
-                let key = if locked_by.is_empty() {
-                    String::new()
-                } else {
-                    l.key
-                };
-                let lock = Lock {
-                    key,
-                    locked_by,
-                    revision: 0,
-                    locked_at: None,
-                    requests: Vec::new(),
-                };
-                (name, lock)
-            })
-            .collect();
-        (LockTable { revision: 0, locks }, Format::Legacy)
+        let locks = legacy.0.into_iter().map(|(name, l)| {
+            let locked_by: Holders = l.locked_by.0.into_iter().collect();
+            // The original cleared the key only on some paths; no holders means free.
+            let key = if locked_by.is_empty() {
+                String::new()
+            } else {
+                l.key
+            };
+            let lock = Lock {
+                key,
+                locked_by,
+                revision: 0,
+                locked_at: None,
+                requests: Vec::new(),
+            };
+            (name, lock)
+        });
+        (LockTable::new(0, locks), Format::Legacy)
     } else {
         let table = match parse_canonical(text.lines()) {
             Some(table) => table,
@@ -513,55 +506,6 @@ struct StoredState {
     locks: UniqueMap<StoredLock>,
 }
 
-/// A lock as stored, in the state file or a journal record.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StoredLock {
-    key: String,
-    locked_by: UniqueMap<u64>,
-    revision: u64,
-    locked_at: Option<String>,
-    #[serde(default)]
-    requests: Vec<String>,
-}
-
-impl StoredLock {
-    /// Converts and checks a stored lock; its revision may not exceed `max_revision`.
-    pub(crate) fn into_lock(self, max_revision: u64) -> Result<Lock, String> {
-        let locked_at = match self.locked_at {
-            None => None,
-            Some(s) => Some(
-                humantime::parse_rfc3339(&s)
-                    .map_err(|e| format!("locked_at '{s}' is not RFC 3339 ({e})"))?,
-            ),
-        };
-        if self.revision > max_revision {
-            return Err(format!(
-                "it has revision {}, above the file's revision {max_revision}",
-                self.revision
-            ));
-        }
-        if self.requests.len() > REMEMBERED_REQUESTS {
-            return Err(format!(
-                "it remembers {} request ids, more than the {REMEMBERED_REQUESTS} kept",
-                self.requests.len()
-            ));
-        }
-        for id in &self.requests {
-            names::check_request_id(id)?;
-        }
-        let lock = Lock {
-            key: self.key,
-            locked_by: self.locked_by.0.into_iter().collect(),
-            revision: self.revision,
-            locked_at,
-            requests: self.requests,
-        };
-        lock.check_invariants()?;
-        Ok(lock)
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LegacyLock {
@@ -569,94 +513,11 @@ struct LegacyLock {
     key: String,
 }
 
-/// A string-keyed map that refuses duplicate keys instead of keeping the last one.
-pub(crate) struct UniqueMap<V>(pub(crate) BTreeMap<String, V>);
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct UniqueVisitor<V>(PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
-            type Value = UniqueMap<V>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map with unique keys")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some((k, v)) = map.next_entry::<String, V>()? {
-                    if out.contains_key(&k) {
-                        return Err(serde::de::Error::custom(format!("duplicate key '{k}'")));
-                    }
-                    out.insert(k, v);
-                }
-                Ok(UniqueMap(out))
-            }
-        }
-        d.deserialize_map(UniqueVisitor(PhantomData))
-    }
-}
-
-/// Who a lock is written for: the HTTP API, or storage (the state file and the journal),
-/// which also keeps the ids of the requests that changed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    Api,
-    Stored,
-}
-
-/// How a lock is written, in the state file and in the HTTP API alike.
-pub struct LockView<'a>(pub &'a Lock, pub View);
-
-impl Serialize for LockView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let LockView(lock, view) = *self;
-        let with_requests = view == View::Stored && !lock.requests.is_empty();
-        let mut map = s.serialize_map(Some(4 + usize::from(with_requests)))?;
-        map.serialize_entry("key", &lock.key)?;
-        map.serialize_entry("locked_by", &HoldersView(&lock.locked_by))?;
-        map.serialize_entry("revision", &lock.revision)?;
-        map.serialize_entry("locked_at", &lock.locked_at.map(rfc3339))?;
-        if with_requests {
-            map.serialize_entry("requests", &lock.requests)?;
-        }
-        map.end()
-    }
-}
-
-/// Locks by name, as a map of [`LockView`]s.
-pub struct LocksView<'a>(pub &'a BTreeMap<String, Lock>, pub View);
-
-impl Serialize for LocksView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (name, lock) in self.0 {
-            map.serialize_entry(name, &LockView(lock, self.1))?;
-        }
-        map.end()
-    }
-}
-
-/// Holders as a JSON/YAML map, requestor to count.
-struct HoldersView<'a>(&'a Holders);
-
-impl Serialize for HoldersView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (requestor, count) in self.0.iter() {
-            map.serialize_entry(requestor, &count)?;
-        }
-        map.end()
-    }
-}
-
-/// Formats a time as RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Claim, Op};
+    use crate::domain::{Claim, Op};
+    use std::time::SystemTime;
 
     fn load(text: &str) -> Result<(LockTable, Format), String> {
         parse(text.as_bytes()).map_err(|e| match e {

@@ -18,6 +18,11 @@ use poem::web::{LocalAddr, RemoteAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsFiles;
+
 /// Accepts connections from `inner` and speaks TLS on them.
 pub struct TlsAcceptor<A> {
     inner: A,
@@ -119,4 +124,46 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<IO> {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Reads the certificate chain and key into a TLS configuration, checking that they match.
+pub(crate) fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let read = |path: &std::path::Path, var: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read {var}={}: {e}", path.display()))
+    };
+    let cert_pem = read(&files.cert, "SSL_CERT")?;
+    let key_pem = read(&files.key, "SSL_KEY")?;
+    let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "SSL_CERT={} is not a PEM certificate chain: {e}",
+                files.cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "SSL_CERT={} holds no PEM certificate",
+            files.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "SSL_KEY={} is not a PEM private key: {e}",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| {
+            format!(
+                "SSL_CERT={} and SSL_KEY={} do not make a usable certificate: {e}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    tls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(tls_config))
 }

@@ -24,12 +24,12 @@ use std::path::{Path, PathBuf};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::rules::Changes;
-use crate::state_file::{LocksView, StoredLock, UniqueMap, View};
+use super::codec::{StoredLock, StoredLockView, UniqueMap};
+use crate::domain::Changes;
 
 /// What loading the journal found.
 #[derive(Debug, Default)]
-pub struct Replay {
+pub(super) struct Replay {
     /// The batches, in order, with revisions above the state file's.
     pub batches: Vec<Changes>,
     /// Bytes of intact records; anything after this is an incomplete last record.
@@ -39,7 +39,7 @@ pub struct Replay {
 }
 
 /// Reads the journal at `path` (absent means empty), keeping batches above `after_revision`.
-pub fn read(path: &Path, after_revision: u64) -> Result<Replay, String> {
+pub(super) fn read(path: &Path, after_revision: u64) -> Result<Replay, String> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
@@ -123,7 +123,7 @@ struct StoredRecord {
 }
 
 /// Formats one record line, checksum first.
-pub fn encode(changes: &Changes) -> io::Result<Vec<u8>> {
+pub(super) fn encode(changes: &Changes) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(&Record(changes)).map_err(io::Error::other)?;
     let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
     line.extend_from_slice(&json);
@@ -137,14 +137,26 @@ impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(2))?;
         map.serialize_entry("revision", &self.0.revision)?;
-        map.serialize_entry("locks", &LocksView(&self.0.locks, View::Stored))?;
+        map.serialize_entry("locks", &ChangedLocks(&self.0.locks))?;
+        map.end()
+    }
+}
+
+struct ChangedLocks<'a>(&'a BTreeMap<String, crate::domain::Lock>);
+
+impl Serialize for ChangedLocks<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, lock) in self.0 {
+            map.serialize_entry(name, &StoredLockView(lock))?;
+        }
         map.end()
     }
 }
 
 /// The open journal, appended to with every batch.
 #[derive(Debug)]
-pub struct Journal {
+pub(super) struct Journal {
     path: PathBuf,
     file: File,
     /// Length of the intact records; the file is cut back to it after a failed append.
@@ -222,7 +234,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Claim, LockTable, Op};
+    use crate::domain::{Claim, LockTable, Op};
     use std::time::SystemTime;
 
     fn batch(table: &mut LockTable, name: &str, op: Op) -> Changes {

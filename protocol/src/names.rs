@@ -1,14 +1,27 @@
-//! What a lock name, key, requestor or request id may be, checked once at the edge.
+//! What a lock name, key, requestor or request id may be, and how a lock name travels in a
+//! URL path segment.
 //!
 //! Names arrive percent-encoded in a URL path segment; keys and requestors in a JSON body.
 //! All three are compared byte for byte. Control characters are refused because they break
 //! log lines and terminals, and `.`/`..` because URL libraries resolve them away before the
 //! request is sent, so such a lock could never be addressed reliably.
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 /// The longest lock name, key or requestor, in bytes.
 pub const MAX_LEN: usize = 512;
+
+/// The longest request id (`Idempotency-Key`), in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 255;
+
+/// Characters a path segment keeps as they are: RFC 3986 "unreserved" but for `.`, which is
+/// encoded so that a name made of dots is never taken for a `.` or `..` segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// A lock name percent-encoded as one URL path segment (`a/b` becomes `a%2Fb`).
+pub fn encode_segment(name: &str) -> String {
+    utf8_percent_encode(name, PATH_SEGMENT).to_string()
+}
 
 /// Decodes and checks the lock name in a URL path segment (the part after `/lock/`).
 pub fn lock_name_from_path(segment: &str) -> Result<String, String> {
@@ -29,7 +42,8 @@ pub fn lock_name_from_path(segment: &str) -> Result<String, String> {
     Ok(decoded.into_owned())
 }
 
-/// Checks a lock name, key or requestor: non-empty, at most [`MAX_LEN`] bytes, no control characters.
+/// Checks a lock name, key or requestor: non-empty, at most [`MAX_LEN`] bytes, no control
+/// characters. `what` names the value in the message.
 pub fn check_text(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{what} must not be empty"));
@@ -48,9 +62,6 @@ pub fn check_text(what: &str, value: &str) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// The longest request id (`Idempotency-Key`), in bytes.
-pub const MAX_REQUEST_ID_LEN: usize = 255;
 
 /// Checks a request id: 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII characters, such as a UUID.
 pub fn check_request_id(id: &str) -> Result<(), String> {
@@ -91,6 +102,25 @@ mod tests {
             "ümlaut 🚀"
         );
         assert_eq!(lock_name_from_path("bosh%2520x").unwrap(), "bosh%20x");
+    }
+
+    #[test]
+    fn every_name_survives_encoding_as_one_segment() {
+        for name in [
+            "a/b",
+            "..x",
+            "a.b",
+            " spaced ",
+            "50%",
+            "ümlaut 🚀",
+            "a?b#c",
+            "~_-",
+        ] {
+            let segment = encode_segment(name);
+            assert!(!segment.contains(['/', '?', '#', '.']), "{segment}");
+            assert_eq!(lock_name_from_path(&segment).unwrap(), name);
+        }
+        assert_eq!(encode_segment("a/b.c"), "a%2Fb%2Ec");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! ids.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// How many request ids a lock remembers: enough for the retries of every sharer of a key
@@ -257,18 +258,34 @@ fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdic
     }
 }
 
-/// Every known lock and the table-wide revision counter.
+/// Locks by name, in name order: a persistent map, so a copy costs nothing and a change
+/// copies only the path to the changed lock. That is what lets the store publish every
+/// committed table as an immutable snapshot (see [`crate::store`]).
+pub type Locks = imbl::OrdMap<Arc<str>, Arc<Lock>>;
+
+/// Every known lock and the table-wide revision counter. Cloning it is cheap (see [`Locks`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockTable {
     /// Incremented by every change; never goes backwards.
     pub revision: u64,
-    pub locks: BTreeMap<String, Lock>,
+    pub locks: Locks,
 }
 
 impl LockTable {
+    /// A table of `locks` at `revision`.
+    pub fn new(revision: u64, locks: impl IntoIterator<Item = (String, Lock)>) -> LockTable {
+        LockTable {
+            revision,
+            locks: locks
+                .into_iter()
+                .map(|(name, lock)| (Arc::from(name), Arc::new(lock)))
+                .collect(),
+        }
+    }
+
     /// The lock called `name`, or a free lock at revision 0 for a name never used.
     pub fn lock(&self, name: &str) -> &Lock {
-        self.locks.get(name).unwrap_or(&FREE)
+        self.locks.get(name).map_or(&FREE, |lock| lock)
     }
 
     /// An owned copy of [`LockTable::lock`].
@@ -288,7 +305,9 @@ impl LockTable {
     /// Takes in the changes of a batch that has been made durable.
     pub fn commit(&mut self, changes: Changes) {
         self.revision = changes.revision;
-        self.locks.extend(changes.locks);
+        for (name, lock) in changes.locks {
+            self.locks.insert(Arc::from(name), Arc::new(lock));
+        }
     }
 
     /// Applies one request directly; for tests and tools that need no storage.
@@ -661,7 +680,7 @@ mod tests {
                 prop_assert_eq!(table.revision, changes, "revision counts changes");
                 for (name, lock) in &table.locks {
                     prop_assert!(lock.check_invariants().is_ok(), "{}: {:?}", name, lock);
-                    let (key, counts) = &model.locks[name];
+                    let (key, counts) = &model.locks[&**name];
                     let held: Holders = counts.iter().map(|(r, c)| (r.clone(), *c)).collect();
                     prop_assert_eq!(&lock.locked_by, &held);
                     if !held.is_empty() { prop_assert_eq!(&lock.key, key); }

@@ -1,0 +1,88 @@
+//! The locker API's wire format, shared by the server, the resource, the benchmark and the
+//! tests, so that a field, a limit or an encoding rule is written down once.
+//!
+//! - [`names`]: what a lock name, key, requestor or request id may be, and how a lock name
+//!   travels in a URL path segment.
+//! - [`Lock`]: the LOCK object every answer carries.
+//! - [`ClaimBody`]: the body of a lock or unlock request.
+
+pub mod names;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The header that names one request across its retries (IETF draft "The Idempotency-Key
+/// HTTP Header Field").
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The LOCK object, as the API writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    /// The key that holds the lock; empty when it is free.
+    pub key: String,
+    /// Claims per requestor; empty when the lock is free.
+    pub locked_by: BTreeMap<String, u64>,
+    /// The table revision of the lock's last change.
+    pub revision: u64,
+    /// When the current key took the lock (RFC 3339, UTC); `null` when free or unknown.
+    pub locked_at: Option<String>,
+}
+
+/// The fields a lock or unlock body may have: the key, and three spellings of the requestor
+/// (the original server's `locked_by`, its resource's `lock_by`, and `requestor`).
+pub const CLAIM_FIELDS: [&str; 4] = ["key", "locked_by", "lock_by", "requestor"];
+
+/// The body of a lock or unlock request, as clients send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimBody<'a> {
+    pub key: &'a str,
+    pub locked_by: &'a str,
+}
+
+impl ClaimBody<'_> {
+    /// The body as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a struct of strings serializes")
+    }
+}
+
+/// Formats a time as the API and the state file write it: RFC 3339 in UTC, with milliseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The name of a JSON value's type, with an article, for messages: `a string`, `null`.
+pub fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_body_is_the_original_servers_shape() {
+        let body = ClaimBody {
+            key: "k",
+            locked_by: "job \"x\"",
+        };
+        assert_eq!(body.to_json(), r#"{"key":"k","locked_by":"job \"x\""}"#);
+    }
+
+    #[test]
+    fn a_lock_object_with_an_unknown_field_is_refused() {
+        let json = r#"{"key":"","locked_by":{},"revision":0,"locked_at":null,"x":1}"#;
+        assert!(serde_json::from_str::<Lock>(json).is_err());
+    }
+}

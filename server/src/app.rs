@@ -1,0 +1,199 @@
+//! The application: built from a configuration (state file opened, TLS checked, port bound)
+//! before it serves, so a caller learns its address first; then served until told to stop.
+//!
+//! Tests build it in-process on port 0 with a [`ManualClock`](crate::clock::ManualClock);
+//! `main` builds it from the environment and runs it until SIGTERM or SIGINT.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use poem::listener::{AcceptorExt, BoxAcceptor};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http;
+use crate::net::connection::{self, Limited};
+use crate::net::tls::{TlsAcceptor, load_tls};
+use crate::store::LockStore;
+use crate::store::file::{FileBackend, Format, OpenError};
+
+/// How long in-flight requests may take to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may sit idle before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why the server could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    State(#[from] OpenError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("could not listen on port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+    #[error("the server stopped: {0}")]
+    Serve(io::Error),
+}
+
+/// Builds an [`Application`], with the seams tests may change.
+pub struct Builder {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    head_timeout: Duration,
+}
+
+impl Builder {
+    /// The clock the server reads (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Builder {
+        self.clock = clock;
+        self
+    }
+
+    /// How long a request head may take (default: [`connection::HEAD_TIMEOUT`]).
+    pub fn head_timeout(mut self, timeout: Duration) -> Builder {
+        self.head_timeout = timeout;
+        self
+    }
+
+    /// Opens the state file, checks TLS and binds the port; nothing is served yet.
+    pub async fn build(self) -> Result<Application, ServerError> {
+        let config = self.config;
+        let (backend, format) = FileBackend::open(&config.state_file)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(load_tls)
+            .transpose()
+            .map_err(ServerError::Tls)?;
+        let (tcp, bound) =
+            crate::net::bind(config.port)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    port: config.port,
+                    source,
+                })?;
+        let address = crate::net::local_addr(&tcp, bound);
+        let (acceptor, scheme) = match tls {
+            Some(tls_config) => (TlsAcceptor::new(tcp, tls_config).boxed(), "https"),
+            None => (tcp.boxed(), "http"),
+        };
+        log_start(&config, &backend, format, scheme, address);
+        let (store, writer) = LockStore::start(backend, self.clock).map_err(ServerError::Serve)?;
+        Ok(Application {
+            config,
+            acceptor,
+            address,
+            scheme,
+            store,
+            writer,
+            head_timeout: self.head_timeout,
+        })
+    }
+}
+
+/// A server that has bound its port and opened its state, ready to serve.
+pub struct Application {
+    config: Config,
+    acceptor: BoxAcceptor,
+    address: SocketAddr,
+    scheme: &'static str,
+    store: LockStore,
+    writer: JoinHandle<()>,
+    head_timeout: Duration,
+}
+
+impl Application {
+    /// A builder for the server `config` describes.
+    pub fn builder(config: Config) -> Builder {
+        Builder {
+            config,
+            clock: Arc::new(SystemClock),
+            head_timeout: connection::HEAD_TIMEOUT,
+        }
+    }
+
+    /// The address the server listens on (all interfaces; the port is the real one).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The server's base URL on loopback: `http://127.0.0.1:PORT` (or https).
+    pub fn loopback_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.address.port())
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests, lets the writer
+    /// answer what is queued, and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let app = http::app(self.store, self.config.auth.clone());
+        let acceptor = Limited::new(
+            self.acceptor,
+            self.head_timeout,
+            connection::MAX_CONNECTIONS,
+        );
+        let served = poem::Server::new_with_acceptor(acceptor)
+            .idle_timeout(IDLE_TIMEOUT)
+            .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
+            .await;
+        // The app held the last store handle: the writer answers what is queued, then stops.
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        tracing::info!("locker stopped");
+        served.map_err(ServerError::Serve)
+    }
+}
+
+/// Builds the server `config` describes and runs it until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    Application::builder(config)
+        .build()
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}
+
+/// The start-up line: where the server listens and what it serves (tests read the address
+/// from it).
+fn log_start(
+    config: &Config,
+    backend: &FileBackend,
+    format: Format,
+    scheme: &str,
+    address: SocketAddr,
+) {
+    use crate::store::Backend;
+    let table = backend.table();
+    let held = table.locks.values().filter(|l| !l.is_free()).count();
+    let known = table.locks.len();
+    let mut notes = Vec::new();
+    if config.state_file_is_default {
+        notes.push("the default; set LOCKER_CONFIG to choose another");
+    }
+    match format {
+        Format::Created => notes.push("created empty"),
+        Format::Legacy => notes.push("the original server's format, rewritten on the first change"),
+        Format::Current => {}
+    }
+    let state_note = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    };
+    tracing::info!(
+        "locker {} listening on {scheme}://{address}, state file {}{state_note}, {known} locks known ({held} held), auth {}, TLS {}",
+        env!("CARGO_PKG_VERSION"),
+        backend.path().display(),
+        if config.auth.is_some() { "on" } else { "off" },
+        if config.tls.is_some() { "on" } else { "off" },
+    );
+}

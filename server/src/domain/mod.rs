@@ -1,0 +1,11 @@
+//! The lock domain: what a lock is and the rules that change it.
+//!
+//! Pure: no I/O and no clock of its own (time is an argument), so every rule can be
+//! property-tested and every storage backend decides with this same code.
+
+pub mod rules;
+
+pub use rules::{
+    Batch, Changes, Claim, Decision, Holders, Lock, LockTable, Locks, Op, REMEMBERED_REQUESTS,
+    Verdict,
+};

@@ -1,0 +1,210 @@
+//! Writing answers: the API's JSON (the LOCK object, lock and unlock answers, errors), in
+//! the original server's shapes. The API owns this JSON; storage has its own form.
+
+use std::sync::Arc;
+
+use poem::Response;
+use poem::http::StatusCode;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::json;
+
+use crate::domain::{Claim, Decision, Holders, Lock, Locks, Verdict};
+
+/// A refused request: the status and the message of its JSON error body.
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
+
+impl ApiError {
+    pub(crate) fn bad_request(message: String) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(crate) fn into_response(self) -> Response {
+        error_response(self.0, &self.1)
+    }
+}
+
+/// The answer to a lock or unlock, in the original server's shape.
+pub(super) fn decision_response(name: &str, claim: &Claim, decision: &Decision) -> Response {
+    let lock = &decision.lock;
+    let (status, field, message) = match decision.verdict {
+        Verdict::Acquired => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "Lock for '{name}' acquired by '{}' using key '{}'",
+                claim.requestor, claim.key
+            ),
+        ),
+        Verdict::Released => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "Lock for '{name}' released by '{}' using key '{}'",
+                claim.requestor, claim.key
+            ),
+        ),
+        Verdict::NotHeld => (
+            StatusCode::OK,
+            "response",
+            format!("Lock for '{name}' is not held; nothing to release"),
+        ),
+        Verdict::NoClaim => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "'{}' holds no claim on lock '{name}' with key '{}'; nothing to release",
+                claim.requestor, claim.key
+            ),
+        ),
+        Verdict::HeldByOther => (
+            StatusCode::LOCKED,
+            "error",
+            format!(
+                "Lock for '{name}' is held by {} using key '{}', not '{}'",
+                holders(lock),
+                lock.key,
+                claim.key
+            ),
+        ),
+    };
+    json_response(
+        status,
+        &ChangeAnswer {
+            field,
+            message: &message,
+            lock,
+        },
+    )
+}
+
+/// The body of a lock or unlock answer, `{FIELD: MESSAGE, "lock": LOCK}`, written straight to
+/// bytes (no intermediate `serde_json::Value`: this is the hot path).
+struct ChangeAnswer<'a> {
+    field: &'static str,
+    message: &'a str,
+    lock: &'a Lock,
+}
+
+impl Serialize for ChangeAnswer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry(self.field, self.message)?;
+        map.serialize_entry("lock", &LockJson(self.lock))?;
+        map.end()
+    }
+}
+
+/// The holders of a lock for a message: `'a' (2), 'b'`.
+fn holders(lock: &Lock) -> String {
+    lock.locked_by
+        .iter()
+        .map(|(r, c)| {
+            if c == 1 {
+                format!("'{r}'")
+            } else {
+                format!("'{r}' ({c})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A JSON error body with `status`.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    json_response(status, &json!({ "error": message }))
+}
+
+pub(super) fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_bytes(status, body),
+        Err(e) => Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(format!("{{\"error\":\"{e}\"}}")),
+    }
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(body)
+}
+
+/// The LOCK object of a lock, written straight from it (see [`locker_protocol::Lock`]).
+pub(super) struct LockJson<'a>(pub(super) &'a Lock);
+
+impl Serialize for LockJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let lock = self.0;
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("key", &lock.key)?;
+        map.serialize_entry("locked_by", &HoldersJson(&lock.locked_by))?;
+        map.serialize_entry("revision", &lock.revision)?;
+        map.serialize_entry("locked_at", &lock.locked_at.map(locker_protocol::timestamp))?;
+        map.end()
+    }
+}
+
+/// How many locks one piece of a streamed `GET /locks` holds: enough to keep the overhead
+/// per piece small, few enough that writing one takes well under a millisecond.
+const LOCKS_PER_PIECE: usize = 512;
+
+/// Every lock of `locks`, by name, as a JSON object written a piece at a time: each piece
+/// starts after the last name written, so the stream owns nothing but the snapshot.
+pub(super) fn locks_json_stream(
+    locks: Locks,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    use std::ops::Bound;
+    let start: Option<Option<Arc<str>>> = Some(None);
+    futures_util::stream::unfold((locks, start), |(locks, after)| async move {
+        let after = after?;
+        let mut piece = Vec::with_capacity(64 * 1024);
+        let lower = match &after {
+            None => {
+                piece.push(b'{');
+                Bound::Unbounded
+            }
+            Some(name) => Bound::Excluded(name.clone()),
+        };
+        let mut last = None;
+        for (i, (name, lock)) in locks
+            .range((lower, Bound::Unbounded))
+            .take(LOCKS_PER_PIECE)
+            .enumerate()
+        {
+            if i > 0 || after.is_some() {
+                piece.push(b',');
+            }
+            let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
+                piece.push(b':');
+                serde_json::to_writer(&mut piece, &LockJson(lock))
+            });
+            if let Err(e) = written {
+                return Some((Err(std::io::Error::other(e)), (locks, None)));
+            }
+            last = Some(name.clone());
+        }
+        match last {
+            Some(name) => Some((Ok(piece), (locks, Some(Some(name))))),
+            None => {
+                piece.push(b'}');
+                Some((Ok(piece), (locks, None)))
+            }
+        }
+    })
+}
+
+/// Holders as a map, requestor to count.
+struct HoldersJson<'a>(&'a Holders);
+
+impl Serialize for HoldersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (requestor, count) in self.0.iter() {
+            map.serialize_entry(requestor, &count)?;
+        }
+        map.end()
+    }
+}

@@ -1,0 +1,116 @@
+//! What every request goes through before its handler: the access log, the `Allow` header of
+//! a 405, reading the body in full, and basic authentication.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::{StatusCode, header};
+use poem::web::headers::authorization::Basic;
+use poem::web::headers::{Authorization, HeaderMapExt};
+use poem::{Endpoint, Request, Response};
+
+use super::answer::error_response;
+use super::body::buffer_body;
+use crate::config::Credentials;
+
+/// Logs each request with its status and duration.
+pub(super) async fn access_log<E: Endpoint<Output = Response>>(
+    ep: Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = ep.call(req).await?;
+    tracing::info!(
+        "{method} {path} {} {:.3}ms",
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(resp)
+}
+
+/// RFC 9110: a 405 says which methods the path has.
+pub(super) async fn allow_header<E: Endpoint<Output = Response>>(
+    ep: Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    let allow = if req.uri().path().starts_with("/lock/") {
+        "GET, PUT, DELETE"
+    } else {
+        "GET"
+    };
+    let mut resp = ep.call(req).await?;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    }
+    Ok(resp)
+}
+
+/// Reads every body before anything else answers: a response sent while the body is unread
+/// makes hyper close the connection, and a client reusing it then fails.
+pub(super) async fn read_body_first<E: Endpoint<Output = Response>>(
+    ep: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    match buffer_body(&mut req).await {
+        Ok(()) => ep.call(req).await,
+        Err(e) => Ok(e.into_response()),
+    }
+}
+
+/// Asks for basic auth on every path but `/healthz`, when credentials are configured.
+pub(super) async fn authenticate<E: Endpoint<Output = Response>>(
+    ep: Arc<E>,
+    req: Request,
+    expected: Option<Arc<Credentials>>,
+) -> poem::Result<Response> {
+    if let Some(expected) = expected.as_deref()
+        && req.uri().path() != "/healthz"
+        && !authorized(&req, expected)
+    {
+        let mut resp = error_response(StatusCode::UNAUTHORIZED, "Please Authenticate");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"locker\""),
+        );
+        return Ok(resp);
+    }
+    ep.call(req).await
+}
+
+/// Compares the request's basic auth with the expected credentials in constant time.
+fn authorized(req: &Request, expected: &Credentials) -> bool {
+    let Some(Authorization(basic)) = req.headers().typed_get::<Authorization<Basic>>() else {
+        return false;
+    };
+    let user_ok = constant_time_eq(basic.username().as_bytes(), expected.user.as_bytes());
+    let pass_ok = constant_time_eq(basic.password().as_bytes(), expected.pass.as_bytes());
+    user_ok & pass_ok
+}
+
+/// Equality whose running time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

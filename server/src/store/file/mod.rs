@@ -1,0 +1,78 @@
+//! The file backend: the lock table in memory, made durable in a YAML state file and an
+//! append-only journal beside it (the original server's file, read and replaced in place).
+//!
+//! - [`state_file`]: the state file, its format, and atomic replacement.
+//! - [`journal`]: the batches committed since the state file was last written.
+//! - [`codec`]: how a lock is written to either and read back.
+
+mod codec;
+mod journal;
+mod state_file;
+
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+pub use state_file::{END_LINE, Format, OpenError, StateFile, to_bytes};
+
+use super::{Backend, CommitError, Committed, Request};
+use crate::domain::LockTable;
+
+/// The lock table, held in memory and made durable in a [`StateFile`].
+#[derive(Debug)]
+pub struct FileBackend {
+    file: StateFile,
+    table: LockTable,
+}
+
+impl FileBackend {
+    /// Opens (or creates) the state file at `path` and loads its table.
+    pub fn open(path: &Path) -> Result<(FileBackend, Format), OpenError> {
+        let (file, table, format) = StateFile::open(path)?;
+        Ok((FileBackend { file, table }, format))
+    }
+
+    /// The path of the state file.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+impl Backend for FileBackend {
+    fn table(&self) -> &LockTable {
+        &self.table
+    }
+
+    /// Decides the batch on the table in memory, appends its changes to the journal with one
+    /// fsync, and only then takes them into the table.
+    fn decide_and_commit(
+        &mut self,
+        requests: &[Request],
+        now: SystemTime,
+    ) -> Result<Committed, CommitError> {
+        let mut batch = self.table.batch();
+        let decisions = requests
+            .iter()
+            .map(|r| batch.apply(&r.name, r.op, &r.claim, now))
+            .collect();
+        let changes = batch.into_changes();
+        if !changes.is_empty() {
+            self.file.commit(&self.table, &changes).map_err(|e| {
+                CommitError(format!(
+                    "the change could not be saved to the state file ({e})"
+                ))
+            })?;
+            self.table.commit(changes);
+        }
+        Ok(Committed {
+            decisions,
+            table: self.table.clone(),
+        })
+    }
+
+    /// Folds the journal into the state file, so that after a clean stop the state file alone
+    /// holds everything (for backups, and for going back to the original server).
+    fn finish(&mut self) -> io::Result<()> {
+        self.file.compact(&self.table)
+    }
+}

@@ -1,0 +1,233 @@
+//! The lock store: decides requests in batches, makes each batch durable before anyone sees
+//! it, and publishes every committed table as an immutable snapshot.
+//!
+//! Requests queue on a channel. One writer thread takes everything queued (a batch) and hands
+//! it to the [`Backend`], which decides each request with the lock rules and commits what the
+//! batch changed as one durable unit (the file backend: one journal append and fsync): group
+//! commit, so throughput is not bounded by one fsync per request. Only then is the new table
+//! published and the batch answered. If the commit fails, every request in the batch is told
+//! so and nothing was published.
+//!
+//! Readers take the latest published table: a clone that shares everything with the writer's
+//! but the paths changed since (see [`crate::domain::Locks`]), so a reader that serializes
+//! 100,000 locks holds nothing the writer needs. Subscribers are woken by each new table (a
+//! `watch` channel). The writer is a plain thread because fsync blocks.
+
+pub mod file;
+
+use std::io;
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::SystemTime;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::clock::Clock;
+use crate::domain::{Claim, Decision, LockTable, Op};
+
+/// The most requests one batch takes; bounds the latency a single commit adds.
+const MAX_BATCH: usize = 4096;
+
+/// Where batches are decided and made durable: the seam between the lock rules and storage.
+///
+/// A backend decides with [`crate::domain`]'s rules inside its own unit of durability (the
+/// file backend on its in-memory table; a database inside a transaction, on the rows it has
+/// locked), so every backend has the same rules.
+pub trait Backend: Send + 'static {
+    /// The table as last committed.
+    fn table(&self) -> &LockTable;
+
+    /// Decides `requests` in order at `now` and commits what they change as one durable unit;
+    /// returns only once it would survive a crash. On error nothing of the batch is committed.
+    fn decide_and_commit(
+        &mut self,
+        requests: &[Request],
+        now: SystemTime,
+    ) -> Result<Committed, CommitError>;
+
+    /// Called once when the writer stops.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A committed batch: one decision per request, and the table afterwards.
+#[derive(Debug)]
+pub struct Committed {
+    pub decisions: Vec<Decision>,
+    pub table: LockTable,
+}
+
+/// Why a batch was not committed, worded for the client (what could not be done, and why).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CommitError(pub String);
+
+/// One request to change a lock.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub name: String,
+    pub op: Op,
+    pub claim: Claim,
+}
+
+/// Why a request got no decision.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}; nothing was changed")]
+    NotCommitted(CommitError),
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Result<Decision, StoreError>>,
+}
+
+/// A cheap, cloneable handle on the published table and the writer.
+#[derive(Clone)]
+pub struct LockStore {
+    jobs: mpsc::Sender<Job>,
+    published: watch::Receiver<LockTable>,
+}
+
+impl LockStore {
+    /// Starts the writer thread. It stops once every handle is dropped, after answering what
+    /// was queued; join the returned handle to wait for that.
+    pub fn start(
+        backend: impl Backend,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<(LockStore, thread::JoinHandle<()>)> {
+        let (publish, published) = watch::channel(backend.table().clone());
+        let (jobs, queue) = mpsc::channel();
+        let writer = thread::Builder::new()
+            .name("locker-writer".into())
+            .spawn(move || run_writer(backend, &queue, &publish, &*clock))?;
+        Ok((LockStore { jobs, published }, writer))
+    }
+
+    /// Decides a request; the answer comes once the change (if any) is durable.
+    pub async fn submit(&self, request: Request) -> Result<Decision, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { request, reply })
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// The latest published (durable) table; holding it blocks nobody.
+    pub fn snapshot(&self) -> LockTable {
+        self.published.borrow().clone()
+    }
+
+    /// A receiver that is told of every newly published table: the wake-up for waiters.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the queue's waiters (issue 12) are its first users"
+        )
+    )]
+    pub fn subscribe(&self) -> watch::Receiver<LockTable> {
+        self.published.clone()
+    }
+}
+
+fn run_writer(
+    mut backend: impl Backend,
+    queue: &mpsc::Receiver<Job>,
+    publish: &watch::Sender<LockTable>,
+    clock: &dyn Clock,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (requests, replies): (Vec<Request>, Vec<_>) =
+            jobs.into_iter().map(|job| (job.request, job.reply)).unzip();
+        let revision = backend.table().revision;
+        match backend.decide_and_commit(&requests, clock.now()) {
+            Ok(committed) => {
+                if committed.table.revision != revision {
+                    publish.send_replace(committed.table);
+                }
+                for (reply, decision) in replies.into_iter().zip(committed.decisions) {
+                    let _ = reply.send(Ok(decision));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = replies.len(), "could not save a batch; answering 503");
+                let error = StoreError::NotCommitted(e);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+    if let Err(e) = backend.finish() {
+        tracing::warn!(error = %e, "could not fold the journal into the state file at shutdown; it is replayed at the next start");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::file::FileBackend;
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn lock_request(name: &str, key: &str) -> Request {
+        Request {
+            name: name.into(),
+            op: Op::Lock,
+            claim: Claim {
+                key: key.into(),
+                requestor: key.into(),
+                request_id: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_published_to_subscribers_and_old_snapshots_stay_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, _) = FileBackend::open(&dir.path().join("locks.yml")).unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = ManualClock::new(start);
+        let (store, writer) = LockStore::start(backend, Arc::new(clock.clone())).unwrap();
+        let before = store.snapshot();
+        let mut changes = store.subscribe();
+
+        clock.advance(Duration::from_secs(5));
+        let decision = store.submit(lock_request("env", "a")).await.unwrap();
+        assert_eq!(
+            decision.lock.locked_at,
+            Some(start + Duration::from_secs(5))
+        );
+        changes
+            .changed()
+            .await
+            .expect("the writer publishes the commit");
+        assert_eq!(changes.borrow_and_update().lock("env").key, "a");
+        assert_eq!(store.snapshot().revision, 1);
+        assert!(
+            before.lock("env").is_free() && before.revision == 0,
+            "a snapshot taken before the commit is not changed by it"
+        );
+
+        let refused = store.submit(lock_request("env", "b")).await.unwrap();
+        assert!(refused.verdict.is_conflict());
+        assert!(
+            !changes.has_changed().unwrap(),
+            "a batch that changes nothing publishes nothing"
+        );
+        drop((store, changes));
+        writer.join().unwrap();
+    }
+}
