@@ -8,6 +8,12 @@
 //! first one), or reads fail and hyper closes the connection. Request bodies have their own
 //! limit in the HTTP layer, where a late body can still be answered with 408.
 //!
+//! HTTP/2 has no request heads to time: its frames never contain the `\r\n\r\n` that ends an
+//! HTTP/1 head, and a request may stay open (a long-poll) while other frames flow. A
+//! connection that opens with the HTTP/2 preface (prior knowledge, or after TLS chose `h2`)
+//! is left to hyper's HTTP/2 handling once the preface is in; the preface itself must arrive
+//! within the head timeout.
+//!
 //! The acceptor also caps the number of open connections, so memory stays bounded however
 //! many sockets a client opens: past the cap, new connections are closed at once.
 
@@ -99,8 +105,13 @@ impl Drop for Slot {
     }
 }
 
+/// The bytes an HTTP/2 connection opens with (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Where a connection is in the request/response cycle, as far as its bytes tell.
 enum Phase {
+    /// The connection opened with the HTTP/2 preface: no head deadline any more.
+    Http2,
     /// A request head is on its way; it must end (`\r\n\r\n`) before the deadline.
     Head,
     /// The head is complete: the body and the handler have their own limits.
@@ -117,6 +128,9 @@ pub struct HeadDeadline<T> {
     deadline: Pin<Box<Sleep>>,
     /// The last bytes read, to find a `\r\n\r\n` split across reads.
     tail: [u8; 3],
+    /// How much of the HTTP/2 preface the connection's first bytes have matched; `None` once
+    /// they differ from it.
+    preface_matched: Option<usize>,
     _slot: Slot,
 }
 
@@ -128,6 +142,7 @@ impl<T> HeadDeadline<T> {
             phase: Phase::Head,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             tail: [0; 3],
+            preface_matched: Some(0),
             _slot: slot,
         }
     }
@@ -135,6 +150,22 @@ impl<T> HeadDeadline<T> {
     /// Looks at bytes just read: they may start a head or complete one.
     fn saw(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
+            return;
+        }
+        if let Some(matched) = self.preface_matched {
+            let n = bytes.len().min(HTTP2_PREFACE.len() - matched);
+            if bytes[..n] == HTTP2_PREFACE[matched..matched + n] {
+                if matched + n == HTTP2_PREFACE.len() {
+                    self.preface_matched = None;
+                    self.phase = Phase::Http2;
+                    return;
+                }
+                self.preface_matched = Some(matched + n);
+            } else {
+                self.preface_matched = None;
+            }
+        }
+        if let Phase::Http2 = self.phase {
             return;
         }
         if let Phase::Idle = self.phase {
@@ -150,6 +181,15 @@ impl<T> HeadDeadline<T> {
             }
             let keep = window.len() - 3;
             self.tail.copy_from_slice(&window[keep..]);
+        }
+    }
+}
+
+impl<T> HeadDeadline<T> {
+    /// A response is being written: the next bytes read start a new head (HTTP/1).
+    fn wrote(&mut self, n: usize) {
+        if n > 0 && !matches!(self.phase, Phase::Http2) {
+            self.phase = Phase::Idle;
         }
     }
 }
@@ -189,10 +229,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.phase = Phase::Idle;
+        if let Poll::Ready(Ok(n)) = polled {
+            self.wrote(n);
         }
         polled
     }
@@ -203,10 +241,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.phase = Phase::Idle;
+        if let Poll::Ready(Ok(n)) = polled {
+            self.wrote(n);
         }
         polled
     }
@@ -241,6 +277,35 @@ mod tests {
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
             .await
             .unwrap();
+        let mut buf = [0; 1024];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_has_no_head_deadline_once_its_preface_is_in() {
+        let (mut client, server) = duplex(1024);
+        let mut server = limited(server, Duration::from_secs(10));
+        let mut buf = [0; 1024];
+        // The preface arrives split across reads, as it may.
+        client.write_all(&HTTP2_PREFACE[..5]).await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        client.write_all(&HTTP2_PREFACE[5..]).await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        server.write_all(b"settings").await.unwrap();
+        client.write_all(b"headers frame").await.unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"data").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 4, "still open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_only_starts_like_the_http2_preface_keeps_its_deadline() {
+        let (mut client, server) = duplex(1024);
+        let mut server = limited(server, Duration::from_secs(10));
+        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
         let mut buf = [0; 1024];
         assert!(server.read(&mut buf).await.unwrap() > 0);
         let err = server.read(&mut buf).await.unwrap_err();

@@ -2,6 +2,7 @@
 
 mod auth_tls;
 mod concurrency;
+mod in_process;
 mod locks;
 mod persistence;
 mod retries;
