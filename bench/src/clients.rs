@@ -13,7 +13,11 @@ use crate::load::Client;
 
 /// The JSON body of a lock or unlock request.
 fn claim(key: &str, requestor: &str) -> String {
-    format!(r#"{{"key":"{key}","locked_by":"{requestor}"}}"#)
+    locker_protocol::ClaimBody {
+        key,
+        locked_by: requestor,
+    }
+    .to_json()
 }
 
 fn expect(status: u16, wanted: u16, what: &str, conn: &Connection) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! The eight scenarios of the benchmark, each starting the servers it needs and adding its rows
+//! The nine scenarios of the benchmark, each starting the servers it needs and adding its rows
 //! (and the verdict on its target) to the report.
 
 use std::fs;
@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,6 +25,8 @@ pub const CLIENTS: usize = 64;
 const BIG_TABLE: usize = 10_000;
 /// Locks in the start-up scenario's state file.
 const STARTUP_TABLE: usize = 100_000;
+/// Held locks in the reader scenario: `GET /locks` of this many runs in a loop.
+const READER_TABLE: usize = 100_000;
 /// Held locks on the server the resource processes talk to.
 const RESOURCE_TABLE: usize = 100;
 /// Timed runs of each process in the resource scenario (after a few untimed ones).
@@ -88,7 +90,8 @@ impl Bench {
                 6 => self.etcd().await?,
                 7 => self.startup().await?,
                 8 => self.resource_processes().await?,
-                _ => bail!("there is no scenario {n} (they are 1 to 8)"),
+                9 => self.big_reader().await?,
+                _ => bail!("there is no scenario {n} (they are 1 to 9)"),
             }
         }
         Ok(())
@@ -304,6 +307,72 @@ impl Bench {
                 ratio(one.percentile(50.0), base.percentile(50.0)),
                 row.comparison
             );
+        }
+        Ok(())
+    }
+
+    /// 64 clients cycle their own locks on a server holding 100,000 others, first alone, then
+    /// while one more client reads `GET /locks` (all 100,000) in a loop: a reader must not
+    /// hold up the writers.
+    async fn big_reader(&mut self) -> anyhow::Result<()> {
+        let file = self.work.path().join("reader-table.yml");
+        state::write_held_locks(&file, READER_TABLE)?;
+        let level = self.settings.log_level.clone();
+        let mut alone: Option<Outcome> = None;
+        for with_reader in [false, true] {
+            let running = self.locker(Some(&file), &level).await?;
+            let addr = running.server.addr;
+            let stop = Arc::new(AtomicBool::new(false));
+            let reads = Arc::new(AtomicU64::new(0));
+            let reader = with_reader.then(|| read_all_locks(addr, stop.clone(), reads.clone()));
+            let cpu = running.server.cpu_time()?;
+            let outcome = self.measure("9", |i| OwnLockCycle::connect(addr, i), CLIENTS)?;
+            let cpu = running.server.cpu_time()? - cpu;
+            stop.store(true, Ordering::Relaxed);
+            let reader_failed = match reader.map(|r| r.join()) {
+                Some(Ok(Err(e))) => Some(format!("{e:#}")),
+                Some(Err(_)) => Some("the reader thread panicked".into()),
+                _ => None,
+            };
+            let what = if with_reader {
+                "Durable cycles, 100,000 locks, one client reading them all in a loop"
+            } else {
+                "Durable cycles, 100,000 locks, no reader"
+            };
+            let mut row = Row::measured("9", what, &outcome, "cycles/s");
+            let total = self.settings.period.warm_up + self.settings.period.measured;
+            let cpu_note = format!(
+                "server CPU {} µs/request (reads included)",
+                cpu_per(cpu, 2.0 * outcome.rate(), self.settings.period)
+            );
+            row.comparison = match (&alone, with_reader) {
+                (Some(base), true) => {
+                    let p99 = outcome.percentile(99.0);
+                    let base_p99 = base.percentile(99.0);
+                    row.judge(
+                        "p99 within 3 ms of no reader",
+                        p99 <= base_p99 + Duration::from_millis(3),
+                    );
+                    format!(
+                        "{} full reads/s; {} of the cycles without the reader, p99 {} ms vs {} ms; {cpu_note}",
+                        thousands(reads.load(Ordering::Relaxed) as f64 / total.as_secs_f64()),
+                        percent(outcome.rate(), base.rate()),
+                        ms(p99),
+                        ms(base_p99),
+                    )
+                }
+                _ => cpu_note,
+            };
+            if let Some(e) = reader_failed {
+                self.report
+                    .notes
+                    .push(format!("Scenario 9: the reader failed: {e}"));
+            }
+            self.report.rows.push(row);
+            running.server.stop()?;
+            if !with_reader {
+                alone = Some(outcome);
+            }
         }
         Ok(())
     }
@@ -605,6 +674,35 @@ fn cpu_time(who: libc::c_int) -> Duration {
 }
 
 /// Server CPU microseconds per request, over warm-up and measurement (both were loaded).
+/// Reads `GET /locks` on one keep-alive connection in a loop until `stop`, counting reads, on
+/// a thread of its own (outside the load generator, whose clients are measured).
+fn read_all_locks(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let mut conn = Connection::connect(addr).await?;
+            let get = request("GET", "/locks", None, false);
+            while !stop.load(Ordering::Relaxed) {
+                let status = conn.send(&get).await?;
+                if status != 200 {
+                    bail!("GET /locks answered {status}");
+                }
+                if conn.body().len() < READER_TABLE * 50 {
+                    bail!("GET /locks answered only {} bytes", conn.body().len());
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    })
+}
+
 fn cpu_per(cpu: Duration, requests_per_second: f64, period: Period) -> String {
     let seconds = (period.warm_up + period.measured).as_secs_f64();
     format!(

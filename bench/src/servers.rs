@@ -21,14 +21,19 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the workspace's binaries (`locker`, `check`) are: next to this one.
 ///
 /// Under `cargo run` they are built first (same profile, same target directory), so the
-/// benchmark never measures a stale server.
+/// benchmark never measures a stale server. `LOCKER_BENCH_BINS=DIR` measures the binaries in
+/// DIR instead, as they are (to compare another build, such as the previous commit's).
 pub fn workspace_bins() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the benchmark's own path")?;
-    let dir = exe
-        .parent()
-        .context("the benchmark binary has no directory")?
-        .to_owned();
-    if let Some(cargo) = std::env::var_os("CARGO") {
+    let given = std::env::var_os("LOCKER_BENCH_BINS").map(PathBuf::from);
+    let dir = match &given {
+        Some(dir) => dir.clone(),
+        None => exe
+            .parent()
+            .context("the benchmark binary has no directory")?
+            .to_owned(),
+    };
+    if let (None, Some(cargo)) = (&given, std::env::var_os("CARGO")) {
         let mut cmd = Command::new(cargo);
         // `cargo run` describes the benchmark's own package in the environment; a build
         // script that watches one of those variables (ring's watches CARGO_MANIFEST_DIR)

@@ -12,7 +12,11 @@ use serde_json::Value;
 
 /// The JSON body of a lock/unlock request.
 pub fn body(key: &str, locked_by: &str) -> String {
-    serde_json::json!({"key": key, "locked_by": locked_by}).to_string()
+    locker_protocol::ClaimBody {
+        key,
+        locked_by,
+    }
+    .to_json()
 }
 
 /// The holders of a LOCK object as `(requestor, count)` pairs.
@@ -26,14 +30,4 @@ pub fn holders(lock: &Value) -> Vec<(String, u64)> {
 }
 
 /// Percent-encodes a lock name for a URL path segment.
-pub fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+pub use locker_protocol::names::encode_segment as encode;

@@ -24,21 +24,15 @@ pub fn long_tests() -> bool {
 
 /// The JSON body of a lock/unlock request.
 pub fn body(key: &str, requestor: &str) -> String {
-    serde_json::json!({"key": key, "locked_by": requestor}).to_string()
+    locker_protocol::ClaimBody {
+        key,
+        locked_by: requestor,
+    }
+    .to_json()
 }
 
 /// Percent-encodes a lock name for a URL path segment.
-pub fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+pub use locker_protocol::names::encode_segment as encode;
 
 /// Sends raw bytes to the server and reads until it closes the connection or `timeout`
 /// passes; returns what was read.
