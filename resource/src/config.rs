@@ -1,14 +1,18 @@
 //! Configuration: the resource's `source` and the steps' `params`, validated once at the edge.
 //!
-//! Every mistake a pipeline author can make (an unknown key such as a typo, a missing key, a
-//! wrong type, contradicting keys) is reported with the key's full name and what is expected, so
-//! that `lock_nmae` fails the build instead of being ignored. A key set to `null` counts as
-//! absent. Validation needs no network: a `bosh_lock` source is resolved to a lock name later, by
-//! [`crate::client::director_name`].
+//! serde reads each section into a private struct of its keys (`SourceKeys`, ...) that denies
+//! unknown ones and checks each value's type; `serde_path_to_error` names the key at fault and
+//! `reword` turns serde's message into ours. The values' rules (a URL, a lock name the server
+//! accepts, ...) and the rules across keys (`lock_name` or `bosh_lock`, ...) are checked after.
+//! So every mistake names the key in full and what is expected, and `lock_nmae` fails the build
+//! instead of being ignored. A key set to `null` counts as absent. Validation needs no network:
+//! a `bosh_lock` source is resolved to a lock name later, by [`crate::client::director_name`].
 
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -24,106 +28,32 @@ pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// How long `unlock` retries a server that cannot be reached when the pipeline does not say.
 pub const DEFAULT_UNLOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
-const SOURCE_KEYS: &[&str] = &[
-    "locker_uri",
-    "lock_name",
-    "bosh_lock",
-    "username",
-    "password",
-    "ca_cert",
-    "skip_ssl_validation",
-    "retry_delay",
-    "max_retry_delay",
-];
-
-const OUT_PARAM_KEYS: &[&str] = &[
-    "lock_op",
-    "key",
-    "locked_by",
-    "lock_by",
-    "timeout",
-    "retry_delay",
-    "max_retry_delay",
-];
+const DURATION_FORMS: &str = "a duration like 500ms, 10s, 5m or 1h";
 
 /// A configuration mistake, worded for the pipeline author.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
-    /// A whole section (`source`, `params`) is missing.
-    #[error("{section} is missing ({hint})")]
-    MissingSection {
+    /// `source` or `params` is missing or is not an object of settings.
+    #[error("{section} {problem}")]
+    Section {
         /// `source` or `params`.
         section: &'static str,
-        /// What the section needs at least.
-        hint: &'static str,
+        /// What is wrong and what the section needs.
+        problem: String,
     },
-    /// A section is not an object.
-    #[error("{section} must be an object of settings (got {found})")]
-    NotAnObject {
-        /// `source` or `params`.
-        section: &'static str,
-        /// What it was instead.
-        found: String,
-    },
-    /// A key this resource does not know, usually a typo.
-    #[error("{section}.{key} is not a known key ({expected})")]
-    UnknownKey {
-        /// `source` or `params`.
-        section: &'static str,
-        /// The unknown key.
-        key: String,
-        /// The keys the section accepts.
-        expected: KnownKeys,
-    },
-    /// A required key is missing.
-    #[error("{section}.{key} is missing ({hint})")]
-    MissingKey {
-        /// `source` or `params`.
-        section: &'static str,
-        /// The missing key.
-        key: &'static str,
-        /// What to set it to.
-        hint: &'static str,
-    },
-    /// A key has a value of the wrong JSON type.
-    #[error("{section}.{key} must be {expected} (got {found})")]
-    WrongType {
-        /// `source` or `params`.
-        section: &'static str,
-        /// The key.
-        key: &'static str,
-        /// The type expected, with an article (`a string`).
-        expected: &'static str,
-        /// The type found.
-        found: String,
-    },
-    /// A key has a value of the right type that is still not acceptable.
+    /// One key is unknown, missing, of the wrong type or holds a value that is not accepted.
     #[error("{section}.{key} {problem}")]
-    InvalidValue {
+    Key {
         /// `source` or `params`.
         section: &'static str,
         /// The key.
-        key: &'static str,
+        key: String,
         /// What is wrong and what is expected.
         problem: String,
     },
     /// Keys that contradict each other or need each other.
     #[error("{0}")]
-    Conflict(String),
-}
-
-/// The keys a section accepts, shown when an unknown one is found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownKeys(&'static [&'static str]);
-
-impl fmt::Display for KnownKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            write!(f, "this step takes no params")
-        } else {
-            write!(f, "expected one of: {}", self.0.join(", "))
-        }
-    }
+    Conflict(&'static str),
 }
 
 /// Credentials for the server's basic auth.
@@ -179,88 +109,81 @@ pub struct Source {
     pub retry: RetryDelays,
 }
 
+/// The keys `source` accepts, in the order an unknown key's message lists them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceKeys {
+    locker_uri: Option<String>,
+    lock_name: Option<String>,
+    bosh_lock: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ca_cert: Option<String>,
+    skip_ssl_validation: Option<bool>,
+    retry_delay: Option<WrittenDuration>,
+    max_retry_delay: Option<WrittenDuration>,
+}
+
 impl Source {
     /// Validates a resource's `source`.
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
-        let section = Section::new(
-            "source",
-            value,
-            SOURCE_KEYS,
-            "it needs at least locker_uri and lock_name",
-        )?;
-        let locker_uri = section.string("locker_uri")?.ok_or(section.missing(
-            "locker_uri",
-            "the URL of the locker server, like https://locker.example.com",
-        ))?;
-        let locker_uri = validate_url(&section, "locker_uri", locker_uri)?;
-
-        let lock = match (section.string("lock_name")?, section.string("bosh_lock")?) {
+        let hint = "it needs at least locker_uri and lock_name";
+        let keys: SourceKeys = read_section("source", value, hint)?;
+        let hint = "the URL of the locker server, like https://locker.example.com";
+        let locker_uri = required(keys.locker_uri, hint)
+            .and_then(|uri| http_url(&uri))
+            .map_err(at("source", "locker_uri"))?;
+        let lock = match (keys.lock_name, keys.bosh_lock) {
             (Some(name), None) => {
-                LockTarget::Name(validate_lock_name(&section, "lock_name", name)?)
+                check_lock_name(&name).map_err(at("source", "lock_name"))?;
+                LockTarget::Name(name)
             }
-            (None, Some(director)) => {
-                LockTarget::BoshDirector(validate_url(&section, "bosh_lock", director)?)
+            (None, Some(url)) => {
+                LockTarget::BoshDirector(http_url(&url).map_err(at("source", "bosh_lock"))?)
             }
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict(
-                    "source has both lock_name and bosh_lock: set exactly one of them".to_owned(),
+                    "source has both lock_name and bosh_lock: set exactly one of them",
                 ));
             }
             (None, None) => {
                 return Err(ConfigError::Conflict(
                     "source needs one of lock_name (the lock's name) or bosh_lock \
-                     (a BOSH director URL whose name is the lock's name)"
-                        .to_owned(),
+                     (a BOSH director URL whose name is the lock's name)",
                 ));
             }
         };
-
-        let credentials = match (section.string("username")?, section.string("password")?) {
-            (Some(username), Some(password)) => Some(Credentials {
-                username: username.to_owned(),
-                password: password.to_owned(),
-            }),
+        let credentials = match (keys.username, keys.password) {
+            (Some(username), Some(password)) => Some(Credentials { username, password }),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(ConfigError::Conflict(
-                    "source.username is set but source.password is missing: set both or neither"
-                        .to_owned(),
+                    "source.username is set but source.password is missing: set both or neither",
                 ));
             }
             (None, Some(_)) => {
                 return Err(ConfigError::Conflict(
-                    "source.password is set but source.username is missing: set both or neither"
-                        .to_owned(),
+                    "source.password is set but source.username is missing: set both or neither",
                 ));
             }
         };
-
-        let ca_cert = section.string("ca_cert")?.map(str::to_owned);
-        if let Some(pem) = &ca_cert {
-            let has_certificate = ureq::tls::parse_pem(pem.as_bytes())
-                .any(|item| matches!(item, Ok(ureq::tls::PemItem::Certificate(_))));
-            if !has_certificate {
-                return Err(section.invalid(
-                    "ca_cert",
-                    "holds no PEM certificate (expected text starting with -----BEGIN CERTIFICATE-----)"
-                        .to_owned(),
-                ));
-            }
+        if let Some(pem) = &keys.ca_cert {
+            check_pem_certificate(pem).map_err(at("source", "ca_cert"))?;
         }
-
-        let first = section.delay("retry_delay")?.unwrap_or(DEFAULT_RETRY_DELAY);
-        let max = section
-            .delay("max_retry_delay")?
-            .unwrap_or(DEFAULT_MAX_RETRY_DELAY);
-        check_delay_order(&section, first, max)?;
-
+        let first = delay(keys.retry_delay).map_err(at("source", "retry_delay"))?;
+        let max = delay(keys.max_retry_delay).map_err(at("source", "max_retry_delay"))?;
+        let retry = RetryDelays {
+            first: first.unwrap_or(DEFAULT_RETRY_DELAY),
+            max: max.unwrap_or(DEFAULT_MAX_RETRY_DELAY),
+        };
+        check_delay_order("source", retry)?;
         Ok(Self {
             locker_uri,
             credentials,
-            ca_cert,
-            skip_ssl_validation: section.bool("skip_ssl_validation")?.unwrap_or(false),
+            ca_cert: keys.ca_cert,
+            skip_ssl_validation: keys.skip_ssl_validation.unwrap_or(false),
             lock,
-            retry: RetryDelays { first, max },
+            retry,
         })
     }
 }
@@ -301,61 +224,63 @@ pub struct OutParams {
     pub max_retry_delay: Option<Duration>,
 }
 
+/// The keys a put's `params` accepts, in the order an unknown key's message lists them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutParamKeys {
+    lock_op: Option<String>,
+    key: Option<String>,
+    locked_by: Option<String>,
+    lock_by: Option<String>,
+    timeout: Option<WrittenDuration>,
+    retry_delay: Option<WrittenDuration>,
+    max_retry_delay: Option<WrittenDuration>,
+}
+
 impl OutParams {
     /// Validates a put step's `params`.
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
-        let section = Section::new(
-            "params",
-            value,
-            OUT_PARAM_KEYS,
-            "a put needs at least lock_op and key",
-        )?;
-        let lock_op = match section.string("lock_op")? {
-            Some("lock") => LockOp::Lock,
-            Some("unlock") => LockOp::Unlock,
-            Some(other) => {
-                return Err(section.invalid(
-                    "lock_op",
-                    format!("must be lock or unlock (got {})", quoted(other)),
-                ));
+        let keys: OutParamKeys =
+            read_section("params", value, "a put needs at least lock_op and key")?;
+        let lock_op = required(keys.lock_op, "lock or unlock")
+            .and_then(|op| match op.as_str() {
+                "lock" => Ok(LockOp::Lock),
+                "unlock" => Ok(LockOp::Unlock),
+                other => Err(format!("must be lock or unlock (got {})", quoted(other))),
+            })
+            .map_err(at("params", "lock_op"))?;
+        let hint = "the key that claims the lock, like the build's environment";
+        let key = required(keys.key, hint)
+            .and_then(|key| match key.as_str() {
+                "" => Err("must not be empty".to_owned()),
+                _ => Ok(key),
+            })
+            .map_err(at("params", "key"))?;
+        for (name_key, name) in [("locked_by", &keys.locked_by), ("lock_by", &keys.lock_by)] {
+            if name.as_deref() == Some("") {
+                let problem = "must not be empty (leave it out to use the key)";
+                return Err(at("params", name_key)(problem.to_owned()));
             }
-            None => return Err(section.missing("lock_op", "lock or unlock")),
-        };
-        let key = section.string("key")?.ok_or(section.missing(
-            "key",
-            "the key that claims the lock, like the build's environment",
-        ))?;
-        if key.is_empty() {
-            return Err(section.invalid("key", "must not be empty".to_owned()));
         }
-        let locked_by = match (section.string("locked_by")?, section.string("lock_by")?) {
+        let locked_by = match (keys.locked_by, keys.lock_by) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict(
-                    "params has both locked_by and lock_by: they are the same setting, keep one"
-                        .to_owned(),
+                    "params has both locked_by and lock_by: they are the same setting, keep one",
                 ));
             }
-            (Some(name), None) => Some(("locked_by", name)),
-            (None, Some(name)) => Some(("lock_by", name)),
-            (None, None) => None,
+            (locked_by, lock_by) => locked_by.or(lock_by),
         };
-        if let Some((name_key, "")) = locked_by {
-            return Err(ConfigError::InvalidValue {
-                section: "params",
-                key: name_key,
-                problem: "must not be empty (leave it out to use the key)".to_owned(),
-            });
-        }
-        let retry_delay = section.delay("retry_delay")?;
-        let max_retry_delay = section.delay("max_retry_delay")?;
+        let retry_delay = delay(keys.retry_delay).map_err(at("params", "retry_delay"))?;
+        let max_retry_delay =
+            delay(keys.max_retry_delay).map_err(at("params", "max_retry_delay"))?;
         if let (Some(first), Some(max)) = (retry_delay, max_retry_delay) {
-            check_delay_order(&section, first, max)?;
+            check_delay_order("params", RetryDelays { first, max })?;
         }
         Ok(Self {
             lock_op,
-            key: key.to_owned(),
-            locked_by: locked_by.map(|(_, name)| name.to_owned()),
-            timeout: section.duration("timeout")?,
+            key,
+            locked_by,
+            timeout: keys.timeout.map(|WrittenDuration(timeout)| timeout),
             retry_delay,
             max_retry_delay,
         })
@@ -379,191 +304,190 @@ impl OutParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InParams;
 
+/// The keys a get's `params` accepts: none.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InParamKeys {}
+
 impl InParams {
     /// Validates a get step's `params` (absent, null or `{}`).
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
-        if value.is_null() {
-            return Ok(Self);
+        if !value.is_null() {
+            let InParamKeys {} = read_section("params", value, "")?;
         }
-        Section::new("params", value, &[], "")?;
         Ok(Self)
     }
 }
 
-/// One section of settings, checked for unknown keys when made.
-struct Section<'a> {
-    name: &'static str,
-    map: &'a Map<String, Value>,
+/// Reads a section (`source` or `params`) into the struct of its keys; `hint` says what a
+/// missing section needs.
+fn read_section<'a, T: Deserialize<'a>>(
+    section: &'static str,
+    value: &'a Value,
+    hint: &str,
+) -> Result<T, ConfigError> {
+    let problem = match value {
+        Value::Object(map) => {
+            return serde_path_to_error::deserialize(value)
+                .map_err(|err| reword(section, map, err));
+        }
+        Value::Null => format!("is missing ({hint})"),
+        other => format!(
+            "must be an object of settings (got {})",
+            describe_type(other)
+        ),
+    };
+    Err(ConfigError::Section { section, problem })
 }
 
-impl<'a> Section<'a> {
-    fn new(
-        name: &'static str,
-        value: &'a Value,
-        known: &'static [&'static str],
-        hint: &'static str,
-    ) -> Result<Self, ConfigError> {
-        let map = match value {
-            Value::Object(map) => map,
-            Value::Null => {
-                return Err(ConfigError::MissingSection {
-                    section: name,
-                    hint,
-                });
-            }
-            other => {
-                return Err(ConfigError::NotAnObject {
-                    section: name,
-                    found: describe_type(other),
-                });
-            }
-        };
-        if let Some(key) = map.keys().find(|key| !known.contains(&key.as_str())) {
-            return Err(ConfigError::UnknownKey {
-                section: name,
-                key: key.clone(),
-                expected: KnownKeys(known),
-            });
-        }
-        Ok(Self { name, map })
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|value| !value.is_null())
-    }
-
-    fn string(&self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => Err(self.wrong_type(key, "a string", other)),
-        }
-    }
-
-    fn bool(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(other) => Err(self.wrong_type(key, "true or false", other)),
-        }
-    }
-
-    fn duration(&self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
-        let expected = "a duration like 500ms, 10s, 5m or 1h";
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(text)) => duration::parse(text).map(Some).map_err(|problem| {
-                self.invalid(
-                    key,
-                    format!("must be {expected} (got {}: {problem})", quoted(text)),
-                )
-            }),
-            Some(other) => Err(self.wrong_type(key, expected, other)),
-        }
-    }
-
-    /// A duration that must be longer than zero, since it paces retries.
-    fn delay(&self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
-        let delay = self.duration(key)?;
-        if delay == Some(Duration::ZERO) {
-            return Err(self.invalid(key, "must be longer than zero, like 500ms".to_owned()));
-        }
-        Ok(delay)
-    }
-
-    fn missing(&self, key: &'static str, hint: &'static str) -> ConfigError {
-        ConfigError::MissingKey {
-            section: self.name,
-            key,
-            hint,
-        }
-    }
-
-    fn wrong_type(&self, key: &'static str, expected: &'static str, found: &Value) -> ConfigError {
-        ConfigError::WrongType {
-            section: self.name,
-            key,
-            expected,
-            found: describe_type(found),
-        }
-    }
-
-    fn invalid(&self, key: &'static str, problem: String) -> ConfigError {
-        ConfigError::InvalidValue {
-            section: self.name,
-            key,
-            problem,
-        }
-    }
-}
-
-fn check_delay_order(
-    section: &Section<'_>,
-    first: Duration,
-    max: Duration,
-) -> Result<(), ConfigError> {
-    if max < first {
-        return Err(section.invalid(
-            "max_retry_delay",
-            format!(
-                "({}) must not be shorter than {}.retry_delay ({})",
-                duration::format(max),
-                section.name,
-                duration::format(first)
+/// Turns serde's message about one key of `section` into ours.
+///
+/// serde words an unknown key as ``unknown field `x`, expected one of `a`, `b` `` (or
+/// `..., there are no fields`) and a wrong type as `invalid type: string "x", expected a
+/// boolean`. The latter shows the value, which may be a secret, so the type found is named from
+/// the JSON instead. Any other message is one of ours, like a duration's.
+fn reword(
+    section: &'static str,
+    map: &Map<String, Value>,
+    err: serde_path_to_error::Error<serde_json::Error>,
+) -> ConfigError {
+    let key = err.path().to_string();
+    let message = err.into_inner().to_string();
+    let wrong_type = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.rsplit_once(", expected "));
+    let problem = if let Some(rest) = message.strip_prefix(&format!("unknown field `{key}`, ")) {
+        match rest.strip_prefix("expected ") {
+            Some(known) => format!(
+                "is not a known key (expected {})",
+                known.replacen("one of ", "one of: ", 1).replace('`', "")
             ),
+            None => "is not a known key (this step takes no params)".to_owned(),
+        }
+    } else if let Some((_, expected)) = wrong_type {
+        // Plainer for a YAML author than "a boolean".
+        let expected = expected.replace("a boolean", "true or false");
+        let found = map
+            .get(&key)
+            .map_or("another type".to_owned(), describe_type);
+        format!("must be {expected} (got {found})")
+    } else {
+        message
+    };
+    ConfigError::Key {
+        section,
+        key,
+        problem,
+    }
+}
+
+/// Names `section.key` in an error about its value, for `map_err`.
+fn at(section: &'static str, key: &'static str) -> impl FnOnce(String) -> ConfigError {
+    move |problem| ConfigError::Key {
+        section,
+        key: key.to_owned(),
+        problem,
+    }
+}
+
+/// A key that must be given; `hint` says what to set it to.
+fn required<T>(value: Option<T>, hint: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("is missing ({hint})"))
+}
+
+/// An `http://` or `https://` URL with a host, returned without its trailing slash.
+fn http_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or_default();
+    if rest.is_empty() || rest.starts_with('/') || text.contains(char::is_whitespace) {
+        return Err(format!(
+            "must be an http:// or https:// URL like https://locker.example.com (got {})",
+            quoted(text)
         ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+/// A lock name the server accepts: not empty and at most [`MAX_LOCK_NAME_BYTES`] long.
+fn check_lock_name(name: &str) -> Result<(), String> {
+    match name.len() {
+        0 => Err("must not be empty".to_owned()),
+        len if len > MAX_LOCK_NAME_BYTES => Err(format!(
+            "is {len} bytes long; the server accepts at most {MAX_LOCK_NAME_BYTES}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `ca_cert` must hold a certificate: a key or garbage alone would trust nothing.
+fn check_pem_certificate(pem: &str) -> Result<(), String> {
+    let has_certificate = ureq::tls::parse_pem(pem.as_bytes())
+        .any(|item| matches!(item, Ok(ureq::tls::PemItem::Certificate(_))));
+    if has_certificate {
+        return Ok(());
+    }
+    Err("holds no PEM certificate (expected text starting with -----BEGIN CERTIFICATE-----)".into())
+}
+
+/// A wait between attempts, which must be longer than zero or the retries would spin.
+fn delay(written: Option<WrittenDuration>) -> Result<Option<Duration>, String> {
+    match written {
+        Some(WrittenDuration(delay)) if delay.is_zero() => {
+            Err("must be longer than zero, like 500ms".to_owned())
+        }
+        written => Ok(written.map(|WrittenDuration(delay)| delay)),
+    }
+}
+
+/// `max_retry_delay` must not be shorter than `retry_delay`: no wait could be both.
+fn check_delay_order(section: &'static str, delays: RetryDelays) -> Result<(), ConfigError> {
+    if delays.max < delays.first {
+        let problem = format!(
+            "({}) must not be shorter than {section}.retry_delay ({})",
+            duration::format(delays.max),
+            duration::format(delays.first)
+        );
+        return Err(at(section, "max_retry_delay")(problem));
     }
     Ok(())
 }
 
-fn validate_url(
-    section: &Section<'_>,
-    key: &'static str,
-    text: &str,
-) -> Result<String, ConfigError> {
-    let rest = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"));
-    match rest {
-        Some(rest)
-            if !rest.is_empty()
-                && !rest.starts_with('/')
-                && !text.contains(char::is_whitespace) =>
-        {
-            Ok(text.trim_end_matches('/').to_owned())
-        }
-        _ => Err(section.invalid(
-            key,
-            format!(
-                "must be an http:// or https:// URL like https://locker.example.com (got {})",
-                quoted(text)
-            ),
-        )),
+/// A duration as pipelines write it; see [`duration::parse`].
+struct WrittenDuration(Duration);
+
+impl<'de> Deserialize<'de> for WrittenDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(DurationVisitor)
     }
 }
 
-fn validate_lock_name(
-    section: &Section<'_>,
-    key: &'static str,
-    name: &str,
-) -> Result<String, ConfigError> {
-    if name.is_empty() {
-        return Err(section.invalid(key, "must not be empty".to_owned()));
+/// Reads a [`WrittenDuration`]; its own `expecting` makes a number read "must be a duration
+/// like ...", not "must be a string".
+struct DurationVisitor;
+
+impl de::Visitor<'_> for DurationVisitor {
+    type Value = WrittenDuration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(DURATION_FORMS)
     }
-    if name.len() > MAX_LOCK_NAME_BYTES {
-        return Err(section.invalid(
-            key,
-            format!(
-                "is {} bytes long; the server accepts at most {MAX_LOCK_NAME_BYTES}",
-                name.len()
-            ),
-        ));
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<WrittenDuration, E> {
+        duration::parse(text)
+            .map(WrittenDuration)
+            .map_err(|problem| {
+                E::custom(format!(
+                    "must be {DURATION_FORMS} (got {}: {problem})",
+                    quoted(text)
+                ))
+            })
     }
-    Ok(name.to_owned())
 }
 
 fn quoted(text: &str) -> String {
-    serde_json::Value::String(text.to_owned()).to_string()
+    Value::String(text.to_owned()).to_string()
 }
 
 /// Names a JSON value's type for a message, without its content (which may be a secret).
@@ -580,360 +504,4 @@ pub(crate) fn describe_type(value: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn source_error(value: Value) -> String {
-        Source::from_json(&value).unwrap_err().to_string()
-    }
-
-    fn params_error(value: Value) -> String {
-        OutParams::from_json(&value).unwrap_err().to_string()
-    }
-
-    fn minimal_source() -> Value {
-        json!({"locker_uri": "https://locker.example.com", "lock_name": "prod"})
-    }
-
-    fn with(mut base: Value, key: &str, value: Value) -> Value {
-        base[key] = value;
-        base
-    }
-
-    fn without(mut base: Value, key: &str) -> Value {
-        base.as_object_mut().unwrap().remove(key);
-        base
-    }
-
-    #[test]
-    fn minimal_source_gets_defaults() {
-        let source = Source::from_json(&minimal_source()).unwrap();
-        assert_eq!(source.locker_uri, "https://locker.example.com");
-        assert_eq!(source.lock, LockTarget::Name("prod".to_owned()));
-        assert_eq!(source.credentials, None);
-        assert_eq!(source.ca_cert, None);
-        assert!(!source.skip_ssl_validation);
-        assert_eq!(
-            source.retry,
-            RetryDelays {
-                first: Duration::from_secs(1),
-                max: Duration::from_secs(30)
-            }
-        );
-    }
-
-    #[test]
-    fn full_source_is_read() {
-        let source = Source::from_json(&json!({
-            "locker_uri": "http://10.0.0.1:3000/",
-            "bosh_lock": "https://director:25555",
-            "username": "ci",
-            "password": "secret",
-            "skip_ssl_validation": true,
-            "retry_delay": "50ms",
-            "max_retry_delay": "2m",
-            "ca_cert": null,
-        }))
-        .unwrap();
-        assert_eq!(source.locker_uri, "http://10.0.0.1:3000");
-        assert_eq!(
-            source.lock,
-            LockTarget::BoshDirector("https://director:25555".to_owned())
-        );
-        assert_eq!(
-            source.credentials,
-            Some(Credentials {
-                username: "ci".to_owned(),
-                password: "secret".to_owned()
-            })
-        );
-        assert!(source.skip_ssl_validation);
-        assert_eq!(source.retry.first, Duration::from_millis(50));
-        assert_eq!(source.retry.max, Duration::from_secs(120));
-    }
-
-    #[test]
-    fn password_is_not_in_debug_output() {
-        let source = Source::from_json(&with(
-            with(minimal_source(), "username", json!("ci")),
-            "password",
-            json!("hunter2"),
-        ))
-        .unwrap();
-        let debug = format!("{source:?}");
-        assert!(
-            !debug.contains("hunter2"),
-            "the password leaked into {debug}"
-        );
-    }
-
-    #[test]
-    fn a_typo_in_source_is_named_with_the_known_keys() {
-        let value = json!({"locker_uri": "https://l", "lock_nmae": "prod"});
-        assert_eq!(
-            source_error(value),
-            "source.lock_nmae is not a known key (expected one of: locker_uri, lock_name, bosh_lock, \
-             username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay)"
-        );
-    }
-
-    #[test]
-    fn missing_or_malformed_source_is_explained() {
-        assert_eq!(
-            source_error(Value::Null),
-            "source is missing (it needs at least locker_uri and lock_name)"
-        );
-        assert_eq!(
-            source_error(json!("https://l")),
-            "source must be an object of settings (got a string)"
-        );
-        assert_eq!(
-            source_error(without(minimal_source(), "locker_uri")),
-            "source.locker_uri is missing (the URL of the locker server, like https://locker.example.com)"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "locker_uri", Value::Null)),
-            "source.locker_uri is missing (the URL of the locker server, like https://locker.example.com)"
-        );
-    }
-
-    #[test]
-    fn wrong_types_in_source_are_named() {
-        assert_eq!(
-            source_error(with(minimal_source(), "locker_uri", json!(3000))),
-            "source.locker_uri must be a string (got a number)"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "lock_name", json!(["a"]))),
-            "source.lock_name must be a string (got a list)"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "skip_ssl_validation", json!("yes"))),
-            "source.skip_ssl_validation must be true or false (got a string)"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "retry_delay", json!(5))),
-            "source.retry_delay must be a duration like 500ms, 10s, 5m or 1h (got a number)"
-        );
-        assert_eq!(
-            source_error(with(
-                with(minimal_source(), "username", json!("ci")),
-                "password",
-                json!(1234)
-            )),
-            "source.password must be a string (got a number)"
-        );
-    }
-
-    #[test]
-    fn lock_name_and_bosh_lock_exclude_each_other() {
-        assert_eq!(
-            source_error(with(minimal_source(), "bosh_lock", json!("https://d"))),
-            "source has both lock_name and bosh_lock: set exactly one of them"
-        );
-        assert_eq!(
-            source_error(without(minimal_source(), "lock_name")),
-            "source needs one of lock_name (the lock's name) or bosh_lock \
-             (a BOSH director URL whose name is the lock's name)"
-        );
-    }
-
-    #[test]
-    fn username_and_password_come_together() {
-        assert_eq!(
-            source_error(with(minimal_source(), "username", json!("ci"))),
-            "source.username is set but source.password is missing: set both or neither"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "password", json!("p"))),
-            "source.password is set but source.username is missing: set both or neither"
-        );
-    }
-
-    #[test]
-    fn bad_values_in_source_are_explained() {
-        assert_eq!(
-            source_error(with(minimal_source(), "locker_uri", json!("locker:3000"))),
-            "source.locker_uri must be an http:// or https:// URL like https://locker.example.com \
-             (got \"locker:3000\")"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "locker_uri", json!("https://"))),
-            "source.locker_uri must be an http:// or https:// URL like https://locker.example.com \
-             (got \"https://\")"
-        );
-        assert_eq!(
-            source_error(without(
-                with(minimal_source(), "bosh_lock", json!("director")),
-                "lock_name"
-            )),
-            "source.bosh_lock must be an http:// or https:// URL like https://locker.example.com \
-             (got \"director\")"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "lock_name", json!(""))),
-            "source.lock_name must not be empty"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "lock_name", json!("x".repeat(513)))),
-            "source.lock_name is 513 bytes long; the server accepts at most 512"
-        );
-        assert_eq!(
-            source_error(with(
-                minimal_source(),
-                "ca_cert",
-                json!("not a certificate")
-            )),
-            "source.ca_cert holds no PEM certificate (expected text starting with -----BEGIN CERTIFICATE-----)"
-        );
-    }
-
-    #[test]
-    fn bad_delays_in_source_are_explained() {
-        assert_eq!(
-            source_error(with(minimal_source(), "retry_delay", json!("10"))),
-            format!(
-                "source.retry_delay must be a duration like 500ms, 10s, 5m or 1h (got \"10\": {})",
-                duration::parse("10").unwrap_err()
-            )
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "retry_delay", json!("0s"))),
-            "source.retry_delay must be longer than zero, like 500ms"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "max_retry_delay", json!("0ms"))),
-            "source.max_retry_delay must be longer than zero, like 500ms"
-        );
-        assert_eq!(
-            source_error(with(minimal_source(), "max_retry_delay", json!("500ms"))),
-            "source.max_retry_delay (500ms) must not be shorter than source.retry_delay (1s)"
-        );
-    }
-
-    #[test]
-    fn lock_params_are_read() {
-        let params = OutParams::from_json(&json!({"lock_op": "lock", "key": "deploy"})).unwrap();
-        assert_eq!(params.lock_op, LockOp::Lock);
-        assert_eq!(params.key, "deploy");
-        assert_eq!(params.requestor(), "deploy");
-        assert_eq!(params.timeout, None);
-
-        let params = OutParams::from_json(&json!({
-            "lock_op": "unlock", "key": "deploy", "lock_by": "build 7", "timeout": "2m",
-            "retry_delay": "50ms", "max_retry_delay": "200ms",
-        }))
-        .unwrap();
-        assert_eq!(params.lock_op, LockOp::Unlock);
-        assert_eq!(params.requestor(), "build 7");
-        assert_eq!(params.timeout, Some(Duration::from_secs(120)));
-        let source = Source::from_json(&minimal_source()).unwrap();
-        assert_eq!(
-            params.retry_delays(&source),
-            RetryDelays {
-                first: Duration::from_millis(50),
-                max: Duration::from_millis(200)
-            }
-        );
-
-        let params =
-            OutParams::from_json(&json!({"lock_op": "lock", "key": "k", "locked_by": "me"}))
-                .unwrap();
-        assert_eq!(params.requestor(), "me");
-        assert_eq!(params.retry_delays(&source), source.retry);
-    }
-
-    #[test]
-    fn a_typo_in_params_is_named_with_the_known_keys() {
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": "k", "lockd_by": "me"})),
-            "params.lockd_by is not a known key (expected one of: lock_op, key, locked_by, lock_by, \
-             timeout, retry_delay, max_retry_delay)"
-        );
-    }
-
-    #[test]
-    fn missing_or_wrong_params_are_explained() {
-        assert_eq!(
-            params_error(Value::Null),
-            "params is missing (a put needs at least lock_op and key)"
-        );
-        assert_eq!(
-            params_error(json!([])),
-            "params must be an object of settings (got a list)"
-        );
-        assert_eq!(
-            params_error(json!({"key": "k"})),
-            "params.lock_op is missing (lock or unlock)"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "grab", "key": "k"})),
-            "params.lock_op must be lock or unlock (got \"grab\")"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock"})),
-            "params.key is missing (the key that claims the lock, like the build's environment)"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": 42})),
-            "params.key must be a string (got a number)"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": ""})),
-            "params.key must not be empty"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": "k", "lock_by": ""})),
-            "params.lock_by must not be empty (leave it out to use the key)"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": "k", "lock_by": "a", "locked_by": "b"})),
-            "params has both locked_by and lock_by: they are the same setting, keep one"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": "k", "timeout": "soon"})),
-            format!(
-                "params.timeout must be a duration like 500ms, 10s, 5m or 1h (got \"soon\": {})",
-                duration::parse("soon").unwrap_err()
-            )
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": "k", "timeout": 60})),
-            "params.timeout must be a duration like 500ms, 10s, 5m or 1h (got a number)"
-        );
-        assert_eq!(
-            params_error(json!({"lock_op": "lock", "key": "k", "retry_delay": "0s"})),
-            "params.retry_delay must be longer than zero, like 500ms"
-        );
-        assert_eq!(
-            params_error(
-                json!({"lock_op": "lock", "key": "k", "retry_delay": "2s", "max_retry_delay": "1s"})
-            ),
-            "params.max_retry_delay (1s) must not be shorter than params.retry_delay (2s)"
-        );
-    }
-
-    #[test]
-    fn zero_timeout_is_allowed() {
-        let params =
-            OutParams::from_json(&json!({"lock_op": "lock", "key": "k", "timeout": "0s"})).unwrap();
-        assert_eq!(params.timeout, Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn get_takes_no_params() {
-        assert_eq!(InParams::from_json(&Value::Null), Ok(InParams));
-        assert_eq!(InParams::from_json(&json!({})), Ok(InParams));
-        assert_eq!(
-            InParams::from_json(&json!({"lock_op": "lock"}))
-                .unwrap_err()
-                .to_string(),
-            "params.lock_op is not a known key (this step takes no params)"
-        );
-        assert_eq!(
-            InParams::from_json(&json!("x")).unwrap_err().to_string(),
-            "params must be an object of settings (got a string)"
-        );
-    }
-}
+mod tests;
