@@ -12,11 +12,7 @@ use serde_json::Value;
 
 /// The JSON body of a lock/unlock request.
 pub fn body(key: &str, locked_by: &str) -> String {
-    locker_protocol::ClaimBody {
-        key,
-        locked_by,
-    }
-    .to_json()
+    locker_protocol::ClaimBody { key, locked_by }.to_json()
 }
 
 /// The holders of a LOCK object as `(requestor, count)` pairs.

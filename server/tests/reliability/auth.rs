@@ -1,10 +1,10 @@
 //! Authentication: every endpoint but `/healthz` refuses a missing, malformed or wrong
 //! `Authorization` header with 401, and credentials never reach the log.
 //! (That the comparison takes the same time wherever the bytes differ is a unit test in
-//! `http.rs`: `constant_time_eq_takes_as_long_whatever_the_mismatch`.)
+//! `http/middleware.rs`: `constant_time_eq_takes_as_long_whatever_the_mismatch`.)
 //!
 //! Broken on purpose (tried): logging the request's `Authorization` header in the request
-//! log line (in `http.rs`) makes `credentials_never_reach_the_log` fail ("the log contains a
+//! log line (in `http/middleware.rs`) makes `credentials_never_reach_the_log` fail ("the log contains a
 //! credential").
 
 use std::time::Duration;

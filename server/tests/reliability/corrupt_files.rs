@@ -2,7 +2,7 @@
 //! a message naming the file; it never starts empty over existing data and never changes a
 //! file it refused.
 //!
-//! Broken on purpose (tried): in `state_file.rs`, taking an empty file as an empty table makes
+//! Broken on purpose (tried): in `store/file/state_file.rs`, taking an empty file as an empty table makes
 //! `broken_files_are_refused_and_left_untouched` fail ("started over an empty file, serving {}").
 //! `a_truncated_file_loads_the_good_state_or_is_refused` fails as things are (see its note).
 

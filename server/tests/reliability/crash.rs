@@ -1,6 +1,6 @@
 //! Crash under load: SIGKILL at a random moment never loses an answered change.
 //!
-//! Broken on purpose (tried): answering every other batch without writing it (in `store.rs`,
+//! Broken on purpose (tried): answering every other batch without writing it (in `store/mod.rs`,
 //! skip `backend.persist` on alternate batches) makes `answered_changes_survive_sigkill_under_load`
 //! fail with "lock 'lock-0' went back to revision 50 ... an answered change was lost".
 

@@ -7,7 +7,7 @@
 //! FUSE file system (`faulty_disk.rs`). Both need root (and `/dev/fuse`); where they are not
 //! available, each test says so and skips itself.
 //!
-//! Broken on purpose (tried): in `store.rs`, publishing and answering a batch even when
+//! Broken on purpose (tried): in `store/mod.rs`, publishing and answering a batch even when
 //! `persist` failed makes `a_full_disk_answers_503_and_recovers_without_a_restart` fail ("100
 //! changes on a full disk were all accepted").
 
@@ -244,7 +244,7 @@ fn assert_refused_while(server: &Locker, disk: &FaultyDisk, fault: Fault, count:
 /// changes on disk, and once the disk is writable again the server carries on without a
 /// restart, with exactly the acknowledged changes durable.
 ///
-/// Broken on purpose (tried): in `journal.rs`, ignoring the result of `write_all` in
+/// Broken on purpose (tried): in `store/file/journal.rs`, ignoring the result of `write_all` in
 /// `Journal::append` makes this test fail (the change is answered 200 but never written).
 #[test]
 fn a_disk_that_turns_read_only_answers_503_and_recovers_without_a_restart() {
@@ -279,7 +279,7 @@ fn a_disk_that_turns_read_only_answers_503_and_recovers_without_a_restart() {
 /// the journal, so a crash during the outage brings none of them back; once the disk works
 /// again the server carries on without a restart.
 ///
-/// Broken on purpose (tried): in `journal.rs`, not cutting the journal back after a failed
+/// Broken on purpose (tried): in `store/file/journal.rs`, not cutting the journal back after a failed
 /// append makes this test fail (a refused lock is held after the restart).
 #[test]
 fn failing_fsyncs_answer_503_and_no_refused_change_survives_a_crash() {

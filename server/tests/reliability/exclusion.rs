@@ -1,6 +1,6 @@
 //! Mutual exclusion: from the recorded history, no moment where two keys hold one lock.
 //!
-//! Broken on purpose (tried), in `rules.rs`, two ways; each makes `two_keys_never_hold_one_lock`
+//! Broken on purpose (tried), in `domain/rules.rs`, two ways; each makes `two_keys_never_hold_one_lock`
 //! fail with "two keys held it at once":
 //! - granting a lock whatever key holds it (`Op::Lock if same_key` made `Op::Lock`): a holder
 //!   of another key shows up among the lock's holders;

@@ -3,7 +3,7 @@
 //!
 //! Broken on purpose (tried): in `names.rs`, dropping the control-character check makes
 //! `awkward_names_are_refused_with_a_clear_message` fail on `%00` (200 instead of 400) and
-//! `bad_bodies_get_400_with_the_reason` on a key with NUL; in `http.rs`, a body timeout 1000
+//! `bad_bodies_get_400_with_the_reason` on a key with NUL; in `http/body.rs`, a body timeout 1000
 //! times `BODY_TIMEOUT` makes `a_body_that_never_ends_gets_408` fail (no answer in 30 s).
 
 use std::io::{Read, Write};
