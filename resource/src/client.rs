@@ -4,19 +4,23 @@
 //! `User-Agent: locker-resource/<version>` and basic auth when configured. Errors say whether they
 //! are worth retrying ([`RequestError::is_transient`]): a server that restarts or is briefly
 //! unreachable must not fail a waiting build, while a bad certificate or a 401 will not heal.
+//! Which server certificates are trusted, and the words for one that is not, is [`crate::tls`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{PemItem, TlsConfig};
 
 use crate::config::{MAX_LOCK_NAME_BYTES, Source};
+use crate::tls::{self, RefusedCertificate, ServerTrust};
 
 /// How the resource introduces itself to servers.
 pub const USER_AGENT: &str = concat!("locker-resource/", env!("CARGO_PKG_VERSION"));
@@ -136,10 +140,19 @@ pub enum RequestError {
         /// What went wrong.
         cause: String,
     },
-    /// The TLS handshake failed, usually an untrusted certificate.
+    /// The server's certificate was refused; `cause` says what it presented, what was trusted
+    /// and what to change.
+    #[error("TLS connection to {url} failed: {cause}")]
+    CertificateRefused {
+        /// The URL asked.
+        url: String,
+        /// What was refused and why.
+        cause: String,
+    },
+    /// The TLS handshake failed for another reason.
     #[error(
-        "TLS connection to {url} failed: {cause} (set source.ca_cert to the server's CA certificate, \
-             or source.skip_ssl_validation to true)"
+        "TLS connection to {url} failed: {cause} (set source.ca_cert to the server's certificate \
+             or its CA's, or source.skip_ssl_validation to true)"
     )]
     Tls {
         /// The URL asked.
@@ -186,7 +199,8 @@ impl RequestError {
             RequestError::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            RequestError::Tls { .. }
+            RequestError::CertificateRefused { .. }
+            | RequestError::Tls { .. }
             | RequestError::Invalid { .. }
             | RequestError::BadAnswer { .. } => false,
         }
@@ -199,6 +213,9 @@ pub enum ClientError {
     /// `ca_cert` could not be read.
     #[error("source.ca_cert is not a valid PEM certificate: {0}")]
     BadCaCert(String),
+    /// rustls could not make a certificate verifier of the trusted certificates.
+    #[error("could not set up the checks of the server's certificate: {0}")]
+    Tls(String),
 }
 
 /// Talks to one locker server.
@@ -212,29 +229,32 @@ pub struct LockerClient {
 
 impl LockerClient {
     /// A client for the server in `source`, trusting Mozilla's roots, the certificates under
-    /// [`SYSTEM_CERT_DIR`] and `source.ca_cert`.
+    /// [`SYSTEM_CERT_DIR`] and `source.ca_cert` (also as the server's own certificate, see
+    /// [`crate::tls`]).
     pub fn new(source: &Source) -> Result<Self, ClientError> {
         Self::with_cert_dir(source, Path::new(SYSTEM_CERT_DIR))
     }
 
     /// As [`LockerClient::new`], reading the extra trusted certificates from `cert_dir`.
     pub fn with_cert_dir(source: &Source, cert_dir: &Path) -> Result<Self, ClientError> {
-        let tls = if source.skip_ssl_validation {
-            TlsConfig::builder().disable_verification(true).build()
+        let agent = if source.skip_ssl_validation {
+            agent(TlsConfig::builder().disable_verification(true).build())
         } else if source.locker_uri.starts_with("https://") {
-            let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-                .iter()
-                .map(|der| Certificate::from_der(der.as_ref()))
-                .collect();
-            roots.extend(certificates_in_dir(cert_dir));
-            if let Some(pem) = &source.ca_cert {
-                roots.extend(pem_certificates(pem.as_bytes()).map_err(ClientError::BadCaCert)?);
-            }
-            TlsConfig::builder()
-                .root_certs(RootCerts::from(roots))
-                .build()
+            let user_certificates = match &source.ca_cert {
+                Some(pem) => pem_certificates(pem.as_bytes()).map_err(ClientError::BadCaCert)?,
+                None => Vec::new(),
+            };
+            let trust = ServerTrust::new("source.ca_cert")
+                .with_roots(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned())
+                .with_roots(certificates_in_dir(cert_dir))
+                .with_user_certificates(user_certificates)
+                .map_err(ClientError::BadCaCert)?;
+            let client_config = trust
+                .client_config()
+                .map_err(|err| ClientError::Tls(err.to_string()))?;
+            tls::connector::agent(agent_config(TlsConfig::default()), Arc::new(client_config))
         } else {
-            TlsConfig::default()
+            agent(TlsConfig::default())
         };
         let authorization = source.credentials.as_ref().map(|credentials| {
             let pair = format!("{}:{}", credentials.username, credentials.password);
@@ -244,7 +264,7 @@ impl LockerClient {
             )
         });
         Ok(Self {
-            agent: agent(tls),
+            agent,
             base_url: source.locker_uri.clone(),
             authorization,
             deadline: None,
@@ -347,6 +367,10 @@ pub fn director_name(director_url: &str) -> Result<String, RequestError> {
 }
 
 fn agent(tls: TlsConfig) -> ureq::Agent {
+    agent_config(tls).new_agent()
+}
+
+fn agent_config(tls: TlsConfig) -> ureq::config::Config {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .user_agent(USER_AGENT)
@@ -354,7 +378,6 @@ fn agent(tls: TlsConfig) -> ureq::Agent {
         .timeout_global(Some(REQUEST_TIMEOUT))
         .tls_config(tls)
         .build()
-        .new_agent()
 }
 
 /// Sends a request and reads the whole answer.
@@ -434,13 +457,20 @@ fn status_error(url: &str, status: u16, body: &str) -> RequestError {
 fn classify(url: &str, err: ureq::Error) -> RequestError {
     let url = url.to_owned();
     let cause = err.to_string();
-    let is_tls = match &err {
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+    let rustls_error = match &err {
+        ureq::Error::Rustls(rustls_error) => Some(rustls_error),
         ureq::Error::Io(io) => io
             .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
-        _ => false,
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
     };
+    if let Some(refused) = rustls_error.and_then(RefusedCertificate::in_rustls_error) {
+        return RequestError::CertificateRefused {
+            url,
+            cause: refused.to_string(),
+        };
+    }
+    let is_tls = rustls_error.is_some() || matches!(err, ureq::Error::Tls(_) | ureq::Error::Pem(_));
     if is_tls {
         return RequestError::Tls { url, cause };
     }
@@ -454,7 +484,7 @@ fn classify(url: &str, err: ureq::Error) -> RequestError {
 
 /// Every certificate in the PEM files of a directory; unreadable files and non-PEM content
 /// are skipped, as are duplicates (Debian links each certificate beside its bundle).
-fn certificates_in_dir(dir: &Path) -> Vec<Certificate<'static>> {
+fn certificates_in_dir(dir: &Path) -> Vec<CertificateDer<'static>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -468,18 +498,18 @@ fn certificates_in_dir(dir: &Path) -> Vec<Certificate<'static>> {
             if let PemItem::Certificate(certificate) = item
                 && seen.insert(certificate.der().to_vec())
             {
-                certificates.push(certificate);
+                certificates.push(CertificateDer::from(certificate.der().to_vec()));
             }
         }
     }
     certificates
 }
 
-fn pem_certificates(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut certificates = Vec::new();
     for item in ureq::tls::parse_pem(pem) {
         if let PemItem::Certificate(certificate) = item.map_err(|err| err.to_string())? {
-            certificates.push(certificate);
+            certificates.push(CertificateDer::from(certificate.der().to_vec()));
         }
     }
     Ok(certificates)
@@ -539,6 +569,14 @@ mod tests {
                 cause: "bad cert".to_owned()
             }
             .is_transient()
+        );
+        assert!(
+            !RequestError::CertificateRefused {
+                url: "u".to_owned(),
+                cause: "not signed by a trusted CA".to_owned()
+            }
+            .is_transient(),
+            "a refused certificate will not heal by retrying"
         );
     }
 

@@ -4,6 +4,8 @@
 //! - [`protocol`]: what Concourse writes on stdin and reads on stdout.
 //! - [`config`]: the `source` and `params`, validated with messages that name the key.
 //! - [`client`]: HTTP to the locker server (ureq, rustls) and the BOSH director lookup.
+//! - [`tls`]: which server certificates are trusted (`ca_cert` also pinned as the server's own),
+//!   and the words for one that is refused.
 //! - [`backoff`]: full-jitter exponential back-off between attempts.
 //! - [`duration`]: durations as pipelines write them.
 //! - [`build_env`]: the build variables, for log lines.
@@ -19,6 +21,7 @@ pub mod duration;
 pub mod get;
 pub mod protocol;
 pub mod put;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;

@@ -6,5 +6,6 @@ mod helpers;
 mod auth_and_tls;
 mod locking;
 mod lost_answers;
+mod pinned_certificates;
 mod protocol;
 mod waiting;
