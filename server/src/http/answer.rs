@@ -160,6 +160,10 @@ pub(super) fn locks_json_stream(
     let start: Option<Option<Arc<str>>> = Some(None);
     futures_util::stream::unfold((locks, start), |(locks, after)| async move {
         let after = after?;
+        // hyper pulls pieces for as long as the socket takes them; yielding between pieces
+        // lets the requests queued on this worker run in between, so a big read costs them
+        // at most one piece of waiting.
+        tokio::task::yield_now().await;
         let mut piece = Vec::with_capacity(64 * 1024);
         let lower = match &after {
             None => {
