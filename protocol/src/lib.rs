@@ -55,14 +55,16 @@ pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// The name of a JSON value's type, with an article, for messages: `a string`, `null`.
+/// The name of a JSON value's type, with an article, for messages (`a string`, `null`), and
+/// without its content, which may be a secret. Arrays are "a list", as pipeline authors
+/// writing YAML know them.
 pub fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Array(_) => "an array",
+        Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
 }

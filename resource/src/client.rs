@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,12 +31,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The least time a request gets when a deadline is near, so the last attempt can be answered.
 const MIN_REQUEST_TIME: Duration = Duration::from_secs(1);
-/// Characters kept as they are in a path segment (RFC 3986 "unreserved"); all else is encoded.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// A lock as the server describes it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -283,7 +276,7 @@ impl LockerClient {
         format!(
             "{}/lock/{}",
             self.base_url,
-            utf8_percent_encode(name, PATH_SEGMENT)
+            locker_protocol::names::encode_segment(name)
         )
     }
 
@@ -535,7 +528,7 @@ mod tests {
         );
         assert_eq!(
             client.lock_url("~x-y_z.1"),
-            "http://locker:3000/lock/~x-y_z.1"
+            "http://locker:3000/lock/~x-y_z%2E1"
         );
         assert_eq!(
             client.lock_url("🔒"),

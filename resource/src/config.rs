@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::duration;
 
 /// The longest lock name the server accepts, in bytes.
-pub const MAX_LOCK_NAME_BYTES: usize = 512;
+pub const MAX_LOCK_NAME_BYTES: usize = locker_protocol::names::MAX_LEN;
 
 /// First wait between attempts when the pipeline does not say.
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -492,15 +492,7 @@ fn quoted(text: &str) -> String {
 
 /// Names a JSON value's type for a message, without its content (which may be a secret).
 pub(crate) fn describe_type(value: &Value) -> String {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-    .to_owned()
+    locker_protocol::json_type(value).to_owned()
 }
 
 #[cfg(test)]
