@@ -119,10 +119,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
-        KeyPair,
-    };
+    use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{ServerName, UnixTime};
 
@@ -136,15 +133,7 @@ mod tests {
     const JUNE_2024: u64 = 1_717_200_000;
 
     fn params(common_name: &str, names: &[&str], is_ca: bool) -> CertificateParams {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        if is_ca {
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        }
+        let mut params = locker_testkit::certificate_params(common_name, names, is_ca);
         params.not_before = rcgen::date_time_ymd(2025, 1, 1);
         params.not_after = rcgen::date_time_ymd(2026, 1, 1);
         params

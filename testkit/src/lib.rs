@@ -404,6 +404,27 @@ pub fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
+/// Parameters of a certificate for `common_name` and `names` (DNS names or IP addresses),
+/// CA:TRUE when `is_ca` (as `openssl req -x509` makes them), valid from 1975 to 4096
+/// (rcgen's default).
+pub fn certificate_params(
+    common_name: &str,
+    names: &[&str],
+    is_ca: bool,
+) -> rcgen::CertificateParams {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa};
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let mut params = CertificateParams::new(names).expect("certificate names");
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    if is_ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    params
+}
+
 /// A certificate authority made for one test, and a server certificate it signed.
 pub struct TestCa {
     pub ca_pem: String,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -33,20 +33,7 @@ struct SelfSigned {
     cert_der: CertificateDer<'static>,
 }
 
-/// A certificate for `common_name` and `names` (DNS names or IP addresses), CA:TRUE when
-/// `is_ca`, valid from 1975 to 4096 (rcgen's default).
-fn certificate_params(common_name: &str, names: &[&str], is_ca: bool) -> CertificateParams {
-    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    let mut params = CertificateParams::new(names).unwrap();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    if is_ca {
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    }
-    params
-}
+use locker_testkit::certificate_params;
 
 /// As [`certificate_params`] describes it, self-signed.
 fn self_signed(common_name: &str, names: &[&str], is_ca: bool) -> SelfSigned {
