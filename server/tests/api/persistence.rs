@@ -84,7 +84,10 @@ fn state_file_is_versioned_yaml() {
         value["locks"]["yes"]["key"], "null",
         "strings stay strings: {text}"
     );
-    assert_eq!(value["locks"]["yes"]["holders"][0]["requestor"], "~", "{text}");
+    assert_eq!(
+        value["locks"]["yes"]["holders"][0]["requestor"], "~",
+        "{text}"
+    );
     assert_eq!(value["locks"]["yes"]["holders"][0]["count"], 1, "{text}");
 }
 
