@@ -55,6 +55,8 @@ pub struct Holder {
 
 /// How many fields an owner may have.
 pub const MAX_OWNER_FIELDS: usize = 16;
+/// The longest value of an owner's field, in bytes.
+pub const MAX_OWNER_VALUE: usize = 192;
 /// How many bytes an owner's names and values may add up to.
 pub const MAX_OWNER_BYTES: usize = 4096;
 

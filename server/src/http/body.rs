@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use locker_protocol::{
-    CLAIM_FIELDS, IDEMPOTENCY_KEY, MAX_OWNER_BYTES, MAX_OWNER_FIELDS, json_type, names,
+    CLAIM_FIELDS, IDEMPOTENCY_KEY, MAX_OWNER_BYTES, MAX_OWNER_FIELDS, MAX_OWNER_VALUE, json_type,
+    names,
 };
 use poem::http::{StatusCode, header};
 use poem::{Body, Request};
@@ -24,6 +25,12 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The lock name from the raw (still percent-encoded) path.
 pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
+    if segment.ends_with("/renew") {
+        return Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a renewal is POST /lock/NAME/renew".into(),
+        ));
+    }
     names::lock_name_from_path(segment).map_err(ApiError::bad_request)
 }
 
@@ -161,8 +168,9 @@ fn ttl_from(value: TtlValue<'_>) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// Checks an `owner`: at most [`MAX_OWNER_FIELDS`] fields of at most [`MAX_OWNER_BYTES`] in
-/// all, names as for requestors, values without control characters.
+/// Checks an `owner`: at most [`MAX_OWNER_FIELDS`] fields, values of at most
+/// [`MAX_OWNER_VALUE`] bytes without control characters (values reach messages and logs; names
+/// stay in JSON, escaped), at most [`MAX_OWNER_BYTES`] in all.
 fn owner_from(owner: Owner) -> Result<Owner, String> {
     if owner.len() > MAX_OWNER_FIELDS {
         return Err(format!(
@@ -177,7 +185,12 @@ fn owner_from(owner: Owner) -> Result<Owner, String> {
         ));
     }
     for (name, value) in &owner {
-        names::check_text("a field name in 'owner'", name)?;
+        if value.len() > MAX_OWNER_VALUE {
+            return Err(format!(
+                "field 'owner.{name}' is {} bytes long; the limit is {MAX_OWNER_VALUE} bytes",
+                value.len()
+            ));
+        }
         if let Some(c) = value.chars().find(|c| c.is_control()) {
             return Err(format!(
                 "field 'owner.{name}' contains the control character {c:?}; control characters are not allowed"

@@ -35,7 +35,10 @@ pub(super) async fn allow_header<E: Endpoint<Output = Response>>(
     ep: Arc<E>,
     req: Request,
 ) -> poem::Result<Response> {
-    let allow = if req.uri().path().starts_with("/lock/") {
+    let path = req.uri().path();
+    let allow = if path.starts_with("/lock/") && path.ends_with("/renew") {
+        "POST"
+    } else if path.starts_with("/lock/") {
         "GET, PUT, DELETE"
     } else {
         "GET"

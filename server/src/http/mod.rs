@@ -168,7 +168,8 @@ pub(crate) struct Leases {
 
 impl Leases {
     /// The claim as the server takes it: a lock without `ttl` gets the default; a `ttl` above
-    /// the maximum is refused, and a renewal must say how long.
+    /// the maximum is refused (an unlock ignores its `ttl`, but not one out of bounds), and a
+    /// renewal must say how long.
     fn settle(&self, op: Op, mut claim: Claim) -> Result<Claim, String> {
         match op {
             Op::Lock => claim.ttl = claim.ttl.or(self.default_ttl),
@@ -181,7 +182,7 @@ impl Leases {
             Op::Renew | Op::Unlock => {}
         }
         match claim.ttl {
-            Some(ttl) if op != Op::Unlock && ttl > self.max_ttl => Err(format!(
+            Some(ttl) if ttl > self.max_ttl => Err(format!(
                 "field 'ttl' ({}) is more than this server allows ({}, LOCKER_MAX_TTL)",
                 humantime::format_duration(ttl),
                 humantime::format_duration(self.max_ttl)

@@ -145,6 +145,10 @@ fn bad_ttls_and_owners_are_refused_with_the_reason() {
             json!({"ttl": "2h"}),
             "more than this server allows (1h, LOCKER_MAX_TTL)",
         ),
+        (
+            json!({"owner": {"n".repeat(4100): "x"}}),
+            "the limit is 4096",
+        ),
         (json!({"owner": "me"}), "'owner' must be an object"),
         (
             json!({"owner": {"build": 42}}),
@@ -152,8 +156,8 @@ fn bad_ttls_and_owners_are_refused_with_the_reason() {
         ),
         (json!({"owner": too_many}), "the limit is 16"),
         (
-            json!({"owner": {"note": "x".repeat(5000)}}),
-            "the limit is 4096",
+            json!({"owner": {"note": "x".repeat(193)}}),
+            "the limit is 192 bytes",
         ),
     ];
     for (extra, expected) in cases {
