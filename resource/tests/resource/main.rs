@@ -6,6 +6,7 @@ mod helpers;
 mod auth_and_tls;
 mod locking;
 mod lost_answers;
+mod older_servers;
 mod pinned_certificates;
 mod protocol;
 mod waiting;
