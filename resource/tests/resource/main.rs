@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth_and_tls;
+mod leases;
 mod locking;
 mod lost_answers;
 mod older_servers;
