@@ -14,11 +14,7 @@ pub fn write_held_locks(path: &Path, count: usize) -> std::io::Result<()> {
     let mut table = LockTable::default();
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
     for i in 0..count {
-        let claim = Claim {
-            key: format!("key-{i}"),
-            requestor: format!("pipeline-{i}"),
-            request_id: None,
-        };
+        let claim = Claim::new(format!("key-{i}"), format!("pipeline-{i}"));
         table.apply(&format!("held-{i:06}"), Op::Lock, &claim, at);
     }
     fs::write(path, state_file::to_bytes(&table)?)

@@ -18,9 +18,9 @@ use serde_json::Value;
 /// HTTP Header Field").
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// The LOCK object, as the API writes it.
+/// The LOCK object, as the API writes it. Clients read it leniently: fields a newer server
+/// adds are ignored, and fields an older server (or the original one) lacks take defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Lock {
     /// The key that holds the lock; empty when it is free.
     pub key: String,
@@ -30,11 +30,38 @@ pub struct Lock {
     pub revision: u64,
     /// When the current key took the lock (RFC 3339, UTC); `null` when free or unknown.
     pub locked_at: Option<String>,
+    /// The fencing token of the current key's tenure: greater than every token the lock had
+    /// before; `null` when free.
+    #[serde(default)]
+    pub token: Option<u64>,
+    /// Who holds the lock, sorted by requestor.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
 }
 
-/// The fields a lock or unlock body may have: the key, and three spellings of the requestor
-/// (the original server's `locked_by`, its resource's `lock_by`, and `requestor`).
-pub const CLAIM_FIELDS: [&str; 4] = ["key", "locked_by", "lock_by", "requestor"];
+/// One requestor's claims on a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub requestor: String,
+    pub count: u64,
+    /// When its first current claim was made; `null` when unknown.
+    pub since: Option<String>,
+    /// When its claims expire; `null`: never.
+    pub expires_at: Option<String>,
+    /// Who the claims are for (`team`, `pipeline`, `job`, `build`, `build_url`, ...).
+    #[serde(default)]
+    pub owner: BTreeMap<String, String>,
+}
+
+/// How many fields an owner may have.
+pub const MAX_OWNER_FIELDS: usize = 16;
+/// How many bytes an owner's names and values may add up to.
+pub const MAX_OWNER_BYTES: usize = 4096;
+
+/// The fields a lock, unlock or renew body may have: the key, three spellings of the
+/// requestor (the original server's `locked_by`, its resource's `lock_by`, and `requestor`),
+/// the lease's time to live, and the owner.
+pub const CLAIM_FIELDS: [&str; 6] = ["key", "locked_by", "lock_by", "requestor", "ttl", "owner"];
 
 /// The body of a lock or unlock request, as clients send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,8 +110,9 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_object_with_an_unknown_field_is_refused() {
-        let json = r#"{"key":"","locked_by":{},"revision":0,"locked_at":null,"x":1}"#;
-        assert!(serde_json::from_str::<Lock>(json).is_err());
+    fn the_original_servers_lock_objects_are_read_with_defaults() {
+        let json = r#"{"key":"","locked_by":{},"revision":0,"locked_at":null,"later":1}"#;
+        let lock: Lock = serde_json::from_str(json).unwrap();
+        assert_eq!((lock.token, lock.holders.len()), (None, 0));
     }
 }

@@ -82,13 +82,15 @@ impl Builder {
             None => (tcp.boxed(), "http"),
         };
         log_start(&config, &backend, format, scheme, address);
-        let (store, writer) = LockStore::start(backend, self.clock).map_err(ServerError::Serve)?;
+        let (store, writer) =
+            LockStore::start(backend, self.clock.clone()).map_err(ServerError::Serve)?;
         Ok(Application {
             config,
             acceptor,
             address,
             scheme,
             store,
+            clock: self.clock,
             writer,
             head_timeout: self.head_timeout,
         })
@@ -102,6 +104,7 @@ pub struct Application {
     address: SocketAddr,
     scheme: &'static str,
     store: LockStore,
+    clock: Arc<dyn Clock>,
     writer: JoinHandle<()>,
     head_timeout: Duration,
 }
@@ -132,7 +135,15 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
-        let app = http::app(self.store, self.config.auth.clone());
+        let api = http::Api {
+            store: self.store,
+            clock: self.clock,
+            leases: http::Leases {
+                default_ttl: self.config.default_ttl,
+                max_ttl: self.config.max_ttl,
+            },
+        };
+        let app = http::app(api, self.config.auth.clone());
         let acceptor = Limited::new(
             self.acceptor,
             self.head_timeout,

@@ -1,11 +1,14 @@
 //! Configuration from the environment, with the original server's variable names.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The state file used when `LOCKER_CONFIG` is not set.
 pub const DEFAULT_STATE_FILE: &str = "locker-data.yml";
 /// The port used when `PORT` is not set.
 pub const DEFAULT_PORT: u16 = 3000;
+/// The longest ttl when `LOCKER_MAX_TTL` is not set.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The text `locker --help` prints.
 pub const HELP: &str = "\
@@ -22,6 +25,9 @@ Environment:
   AUTH_PASS      HTTP basic auth password; set together with AUTH_USER
   SSL_CERT       path of a PEM certificate chain; with SSL_KEY the server speaks HTTPS only
   SSL_KEY        path of the PEM private key for SSL_CERT
+  LOCKER_DEFAULT_TTL  how long a claim lives when its lock request gives no ttl, like 12h
+                 (default: unset, such claims never expire, as with the original server)
+  LOCKER_MAX_TTL the longest ttl a claim may ask for (default: 7d)
   RUST_LOG       log filter (default: info)
 
 An empty variable counts as unset.
@@ -56,6 +62,10 @@ pub struct Config {
     pub port: u16,
     pub auth: Option<Credentials>,
     pub tls: Option<TlsFiles>,
+    /// How long a claim lives when its lock request gives no ttl; `None`: for ever.
+    pub default_ttl: Option<Duration>,
+    /// The longest ttl a claim may ask for.
+    pub max_ttl: Duration,
 }
 
 impl Config {
@@ -82,18 +92,45 @@ impl Config {
                     key: key.into(),
                 }
             });
+        let default_ttl = var("LOCKER_DEFAULT_TTL")
+            .map(|v| duration("LOCKER_DEFAULT_TTL", &v))
+            .transpose()?;
+        let max_ttl = var("LOCKER_MAX_TTL")
+            .map(|v| duration("LOCKER_MAX_TTL", &v))
+            .transpose()?
+            .unwrap_or(DEFAULT_MAX_TTL);
+        if let Some(default) = default_ttl.filter(|d| *d > max_ttl) {
+            return Err(format!(
+                "LOCKER_DEFAULT_TTL ({}) is more than LOCKER_MAX_TTL ({}); lower the one or raise the other",
+                humantime::format_duration(default),
+                humantime::format_duration(max_ttl)
+            ));
+        }
         Ok(Config {
             state_file,
             state_file_is_default,
             port,
             auth,
             tls,
+            default_ttl,
+            max_ttl,
         })
     }
 
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Config, String> {
         Config::from_vars(|name| std::env::var(name).ok())
+    }
+}
+
+/// A duration variable: more than zero, like `90s`, `30m`, `12h` or `7d`.
+fn duration(name: &str, value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("{name}={value:?} must be more than zero")),
+        Err(e) => Err(format!(
+            "{name}={value:?} is not a duration ({e}); write it like 90s, 30m, 12h or 7d"
+        )),
     }
 }
 
@@ -158,6 +195,24 @@ mod tests {
         assert!(err.contains("AUTH_USER is not"), "{err}");
         let err = config(&[("SSL_KEY", "k.pem")]).unwrap_err();
         assert!(err.contains("SSL_CERT is not"), "{err}");
+    }
+
+    #[test]
+    fn lease_durations_are_read_and_checked() {
+        let c = config(&[("LOCKER_DEFAULT_TTL", "12h"), ("LOCKER_MAX_TTL", "2d")]).unwrap();
+        assert_eq!(c.default_ttl, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(c.max_ttl, Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(config(&[]).unwrap().max_ttl, DEFAULT_MAX_TTL);
+        assert_eq!(config(&[]).unwrap().default_ttl, None);
+        let cases = [
+            (("LOCKER_DEFAULT_TTL", "soon"), "not a duration"),
+            (("LOCKER_MAX_TTL", "0s"), "more than zero"),
+            (("LOCKER_DEFAULT_TTL", "8d"), "more than LOCKER_MAX_TTL"),
+        ];
+        for ((name, value), expected) in cases {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert!(err.contains(expected), "{name}={value}: {err}");
+        }
     }
 
     #[test]

@@ -396,6 +396,10 @@ impl Client {
     pub fn delete(&self, url: &str, body: &str) -> (u16, Value) {
         self.call("DELETE", url, Some(body)).expect("DELETE")
     }
+
+    pub fn post(&self, url: &str, body: &str) -> (u16, Value) {
+        self.call("POST", url, Some(body)).expect("POST")
+    }
 }
 
 /// Standard base64 with padding, as basic auth wants it.

@@ -6,6 +6,6 @@
 pub mod rules;
 
 pub use rules::{
-    Batch, Changes, Claim, Decision, Holders, Lock, LockTable, Locks, Op, REMEMBERED_REQUESTS,
-    Verdict,
+    Batch, Changes, Claim, Decision, Holder, Holders, Lock, LockTable, Locks, Op, Owner,
+    REMEMBERED_REQUESTS, Verdict,
 };

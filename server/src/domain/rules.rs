@@ -1,11 +1,21 @@
 //! The lock rules: a pure state machine with no I/O and no clock of its own.
 //!
 //! A [`Lock`] is free or held by one key. Everyone who presents that key may claim it again
-//! (the claims are counted per requestor), and it becomes free when every claim is released.
-//! [`Batch`] applies a sequence of requests on top of a [`LockTable`] without touching it, so
-//! a storage backend can persist exactly the changed locks and publish them only once they
-//! are durable. Time comes in as an argument, which keeps every rule testable and leaves
-//! room for leases that expire.
+//! (the claims are counted per requestor, each requestor a [`Holder`]), and it becomes free
+//! when every claim is released. [`Batch`] applies a sequence of requests on top of a
+//! [`LockTable`] without touching it, so a storage backend can persist exactly the changed
+//! locks and publish them only once they are durable. Time comes in as an argument.
+//!
+//! Leases: a claim may carry a time to live. Each holder has one deadline (the later of the
+//! ones its claims asked for; none if any claim asked for none), and at that deadline every
+//! claim of that holder is released ([`Batch::expire_due`]; [`Lock::as_of`] shows a lock as
+//! it stands at a time, for reads between a deadline and its commit). A renewal moves a
+//! deadline; it is durable like any change but keeps the lock's `revision`, which is the
+//! resource's version: pipelines that trigger on lock changes must not fire on renewals.
+//!
+//! Fencing tokens: when a key takes a free lock, the lock's `token` becomes the table revision
+//! of that change, so it is greater than every token the lock had before; every holder of the
+//! key shares it until the lock is free again.
 //!
 //! A request may carry a request id (the HTTP `Idempotency-Key`). A lock remembers the ids of
 //! the requests that changed it since it was last free (the last [`REMEMBERED_REQUESTS`]), and
@@ -14,25 +24,33 @@
 //! still stands. Forgetting at each release keeps a lock's memory small: typically one or two
 //! ids.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// How many request ids a lock remembers: enough for the retries of every sharer of a key
 /// in flight at once; older ids are forgotten first.
 pub const REMEMBERED_REQUESTS: usize = 8;
+
+/// Who a claim is for (`team`, `pipeline`, `job`, `build`, `build_url`, ...), as the client
+/// described it; field names in order.
+pub type Owner = BTreeMap<String, String>;
 
 /// The state of one lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
     /// The key that holds the lock; empty when the lock is free.
     pub key: String,
-    /// How many claims each requestor holds; never contains a zero count.
+    /// The holders and their claims; empty when the lock is free.
     pub locked_by: Holders,
-    /// The table revision of this lock's last change; 0 for a lock never changed here.
+    /// The table revision of this lock's last change (renewals aside); 0 for a lock never
+    /// changed here.
     pub revision: u64,
     /// When the current key took the lock; `None` when free (or unknown, for imported locks).
     pub locked_at: Option<SystemTime>,
+    /// The fencing token of the current key's tenure; `None` when free.
+    pub token: Option<u64>,
     /// Ids of the requests that changed this lock since it was last free, and of the one that
     /// freed it; oldest first, at most [`REMEMBERED_REQUESTS`].
     pub requests: Vec<String>,
@@ -55,6 +73,7 @@ impl Lock {
             locked_by: Holders(Vec::new()),
             revision: 0,
             locked_at: None,
+            token: None,
             requests: Vec::new(),
         }
     }
@@ -76,41 +95,149 @@ impl Lock {
         self.requests.push(request_id.to_owned());
     }
 
+    /// The earliest deadline of a holder, if any holder has one.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        self.locked_by.next_deadline()
+    }
+
+    /// The lock as it stands at `now`: holders whose deadline has passed are gone (and the
+    /// lock is free if none is left), whether or not their expiry has been committed yet.
+    pub fn as_of(&self, now: SystemTime) -> Cow<'_, Lock> {
+        if self.next_deadline().is_none_or(|deadline| deadline > now) {
+            return Cow::Borrowed(self);
+        }
+        let mut lock = self.clone();
+        lock.expire(now);
+        Cow::Owned(lock)
+    }
+
+    /// Releases the claims of every holder whose deadline is at or before `now`; true if any.
+    fn expire(&mut self, now: SystemTime) -> bool {
+        let before = self.locked_by.len();
+        self.locked_by
+            .0
+            .retain(|h| h.expires_at.is_none_or(|at| at > now));
+        if self.locked_by.len() == before {
+            return false;
+        }
+        if self.is_free() {
+            self.set_free();
+        }
+        true
+    }
+
+    fn set_free(&mut self) {
+        self.key.clear();
+        self.locked_at = None;
+        self.token = None;
+        self.requests.clear();
+    }
+
     /// Checks the invariants a lock read from storage must satisfy.
     pub fn check_invariants(&self) -> Result<(), String> {
-        match (self.key.is_empty(), self.locked_by.is_empty()) {
-            (true, false) => Err("it has holders but an empty key".into()),
-            (false, true) => Err("it has a key but no holders".into()),
+        match (self.key.is_empty(), self.locked_by.is_empty(), self.token) {
+            (true, false, _) => Err("it has holders but an empty key".into()),
+            (false, true, _) => Err("it has a key but no holders".into()),
+            (true, true, Some(_)) => Err("it is free but has a token".into()),
+            (false, false, None) => Err("it is held but has no token".into()),
             _ => Ok(()),
         }
     }
 }
 
-/// The claims on a lock: requestor to count, sorted by requestor, no zero counts.
+/// One requestor's claims on a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub requestor: String,
+    /// How many claims it holds; never zero.
+    pub count: u64,
+    /// When its first current claim was made; `None` when unknown (imported claims).
+    pub since: Option<SystemTime>,
+    /// When its claims expire; `None`: never.
+    pub expires_at: Option<SystemTime>,
+    /// Who the claims are for, as the latest lock that gave an owner said.
+    pub owner: Owner,
+}
+
+impl Holder {
+    /// A holder of `count` claims known only by name (as the original server stored them).
+    pub fn known_by_name(requestor: String, count: u64) -> Holder {
+        Holder {
+            requestor,
+            count,
+            since: None,
+            expires_at: None,
+            owner: Owner::new(),
+        }
+    }
+}
+
+/// The holders of a lock, sorted by requestor, no zero counts.
 ///
 /// A lock has one or two holders almost always, so a sorted vector is both the fastest and
-/// the smallest map here (a `BTreeMap` allocates room for eleven entries).
+/// the smallest map here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Holders(Vec<(String, u64)>);
+pub struct Holders(Vec<Holder>);
 
 impl Holders {
-    /// The number of claims `requestor` holds, if any.
-    pub fn get(&self, requestor: &str) -> Option<&u64> {
-        self.find(requestor).ok().map(|i| &self.0[i].1)
+    /// Holders from stored entries; refuses repeated requestors and zero counts.
+    pub fn from_entries(mut entries: Vec<Holder>) -> Result<Holders, String> {
+        entries.sort_by(|a, b| a.requestor.cmp(&b.requestor));
+        for pair in entries.windows(2) {
+            if pair[0].requestor == pair[1].requestor {
+                return Err(format!("holder '{}' is listed twice", pair[0].requestor));
+            }
+        }
+        if let Some(h) = entries.iter().find(|h| h.count == 0) {
+            return Err(format!("holder '{}' has a count of 0", h.requestor));
+        }
+        Ok(Holders(entries))
     }
 
-    /// Adds one claim for `requestor`.
-    pub fn add(&mut self, requestor: &str) {
-        match self.find(requestor) {
-            Ok(i) => self.0[i].1 += 1,
-            Err(i) => self.0.insert(i, (requestor.to_owned(), 1)),
+    /// The number of claims `requestor` holds, if any.
+    pub fn get(&self, requestor: &str) -> Option<&u64> {
+        self.holder(requestor).map(|h| &h.count)
+    }
+
+    /// The holder `requestor`, if it holds a claim.
+    pub fn holder(&self, requestor: &str) -> Option<&Holder> {
+        self.find(requestor).ok().map(|i| &self.0[i])
+    }
+
+    /// Adds one claim for `claim`'s requestor at `now`; its deadline becomes the later of the
+    /// one it had and the one the claim asks for (no deadline is the latest of all).
+    fn add(&mut self, claim: &Claim, now: SystemTime) {
+        let deadline = claim.ttl.map(|ttl| now + ttl);
+        match self.find(&claim.requestor) {
+            Ok(i) => {
+                let holder = &mut self.0[i];
+                holder.count += 1;
+                holder.expires_at = match (holder.expires_at, deadline) {
+                    (Some(had), Some(asked)) => Some(had.max(asked)),
+                    // A claim without a deadline lives for ever, and so does its holder.
+                    _ => None,
+                };
+                if let Some(owner) = &claim.owner {
+                    holder.owner.clone_from(owner);
+                }
+            }
+            Err(i) => self.0.insert(
+                i,
+                Holder {
+                    requestor: claim.requestor.clone(),
+                    count: 1,
+                    since: Some(now),
+                    expires_at: deadline,
+                    owner: claim.owner.clone().unwrap_or_default(),
+                },
+            ),
         }
     }
 
     /// Releases one claim of `requestor`; false if it holds none.
-    pub fn release(&mut self, requestor: &str) -> bool {
+    fn release(&mut self, requestor: &str) -> bool {
         match self.find(requestor) {
-            Ok(i) if self.0[i].1 > 1 => self.0[i].1 -= 1,
+            Ok(i) if self.0[i].count > 1 => self.0[i].count -= 1,
             Ok(i) => {
                 self.0.remove(i);
             }
@@ -129,16 +256,28 @@ impl Holders {
 
     /// Requestors and counts, in requestor order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.0.iter().map(|(r, c)| (r.as_str(), *c))
+        self.0.iter().map(|h| (h.requestor.as_str(), h.count))
+    }
+
+    /// Every holder, in requestor order.
+    pub fn entries(&self) -> &[Holder] {
+        &self.0
+    }
+
+    /// The earliest deadline of a holder.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        self.0.iter().filter_map(|h| h.expires_at).min()
     }
 
     fn find(&self, requestor: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(r, _)| r.as_str().cmp(requestor))
+        self.0
+            .binary_search_by(|h| h.requestor.as_str().cmp(requestor))
     }
 }
 
 impl FromIterator<(String, u64)> for Holders {
-    /// Collects claims; zero counts are left out and a repeated requestor's counts add up.
+    /// Collects claims known by name only; zero counts are left out and a repeated
+    /// requestor's counts add up.
     fn from_iter<I: IntoIterator<Item = (String, u64)>>(iter: I) -> Self {
         let mut claims: Vec<(String, u64)> = iter.into_iter().filter(|(_, c)| *c > 0).collect();
         claims.sort_by(|a, b| a.0.cmp(&b.0));
@@ -149,18 +288,38 @@ impl FromIterator<(String, u64)> for Holders {
             }
             same
         });
-        claims.shrink_to_fit();
-        Holders(claims)
+        Holders(
+            claims
+                .into_iter()
+                .map(|(r, c)| Holder::known_by_name(r, c))
+                .collect(),
+        )
     }
 }
 
-/// Who asks: the key that identifies a claim and the requestor it is counted for, and the
-/// request's id when the client gave one (retries of one request share it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who asks, and how: the key that identifies a claim and the requestor it is counted for,
+/// the request's id when the client gave one (retries of one request share it), and for a
+/// lock or renewal its time to live and owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claim {
     pub key: String,
     pub requestor: String,
     pub request_id: Option<String>,
+    /// How long the claim lives (a lock) or from now on (a renewal); `None`: for ever.
+    pub ttl: Option<Duration>,
+    /// Who the claim is for; `None` keeps what the holder had.
+    pub owner: Option<Owner>,
+}
+
+impl Claim {
+    /// A claim of `key` for `requestor`, with nothing else said.
+    pub fn new(key: impl Into<String>, requestor: impl Into<String>) -> Claim {
+        Claim {
+            key: key.into(),
+            requestor: requestor.into(),
+            ..Claim::default()
+        }
+    }
 }
 
 /// What a request wants done to a lock.
@@ -168,6 +327,8 @@ pub struct Claim {
 pub enum Op {
     Lock,
     Unlock,
+    /// Move the requestor's deadline to now + the claim's ttl.
+    Renew,
 }
 
 /// How a request was decided.
@@ -177,10 +338,14 @@ pub enum Verdict {
     Acquired,
     /// One claim of this requestor was released.
     Released,
+    /// The requestor's deadline was moved.
+    Renewed,
     /// Unlock of a lock that is free: nothing to do.
     NotHeld,
     /// Unlock with the right key by a requestor that holds no claim: nothing to do.
     NoClaim,
+    /// Renewal by a requestor that holds no claim (it expired, or was never taken).
+    NotHolding,
     /// Another key holds the lock.
     HeldByOther,
 }
@@ -192,9 +357,10 @@ impl Verdict {
     }
 }
 
-/// Decides `op` for `claim` against `lock` at time `now`.
+/// Decides `op` for `claim` against `lock` at time `now` (a lock with no holder past its
+/// deadline at `now`: see [`Batch::expire_due`]).
 ///
-/// Returns the verdict and, when the lock changes, its new state (with the revision left for
+/// Returns the verdict and, when the lock changes, its new state (revision and token left for
 /// the caller to assign).
 pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, Option<Lock>) {
     if let Some(verdict) = replayed(lock, op, claim) {
@@ -203,7 +369,7 @@ pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, 
     let (verdict, mut next) = decide_afresh(lock, op, claim, now);
     if let Some(next) = next.as_mut() {
         if next.is_free() {
-            next.requests.clear();
+            next.set_free();
         }
         if let Some(id) = &claim.request_id {
             next.remember(id);
@@ -212,19 +378,19 @@ pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, 
     (verdict, next)
 }
 
-/// The verdict for a retry of a request that already changed `lock`, if it is one: a lock
-/// is done while the claim it added still stands (after that, it is decided afresh); an
-/// unlock is done for good.
+/// The verdict for a retry of a request that already changed `lock`, if it is one: a lock or
+/// renewal is done while the requestor still holds a claim (after that, it is decided
+/// afresh); an unlock is done for good.
 fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
     let id = claim.request_id.as_deref()?;
     if !lock.remembers(id) {
         return None;
     }
+    let holds = lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some();
     match op {
-        Op::Lock if lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some() => {
-            Some(Verdict::Acquired)
-        }
-        Op::Lock => None,
+        Op::Lock if holds => Some(Verdict::Acquired),
+        Op::Renew if holds => Some(Verdict::Renewed),
+        Op::Lock | Op::Renew => None,
         Op::Unlock => Some(Verdict::Released),
     }
 }
@@ -232,26 +398,29 @@ fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
 fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, Option<Lock>) {
     let same_key = lock.is_free() || lock.key == claim.key;
     match op {
-        Op::Lock if same_key => {
+        _ if !same_key => (Verdict::HeldByOther, None),
+        Op::Lock => {
             let mut next = lock.clone();
             if next.is_free() {
                 next.key = claim.key.clone();
                 next.locked_at = Some(now);
             }
-            next.locked_by.add(&claim.requestor);
+            next.locked_by.add(claim, now);
             (Verdict::Acquired, Some(next))
         }
-        Op::Lock => (Verdict::HeldByOther, None),
+        Op::Renew => {
+            let Ok(i) = lock.locked_by.find(&claim.requestor) else {
+                return (Verdict::NotHolding, None);
+            };
+            let mut next = lock.clone();
+            next.locked_by.0[i].expires_at = claim.ttl.map(|ttl| now + ttl);
+            (Verdict::Renewed, Some(next))
+        }
         Op::Unlock if lock.is_free() => (Verdict::NotHeld, None),
-        Op::Unlock if !same_key => (Verdict::HeldByOther, None),
         Op::Unlock => {
             let mut next = lock.clone();
             if !next.locked_by.release(&claim.requestor) {
                 return (Verdict::NoClaim, None);
-            }
-            if next.locked_by.is_empty() {
-                next.key.clear();
-                next.locked_at = None;
             }
             (Verdict::Released, Some(next))
         }
@@ -260,27 +429,33 @@ fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdic
 
 /// Locks by name, in name order: a persistent map, so a copy costs nothing and a change
 /// copies only the path to the changed lock. That is what lets the store publish every
-/// committed table as an immutable snapshot (see [`crate::store`]).
+/// committed table as an immutable snapshot.
 pub type Locks = imbl::OrdMap<Arc<str>, Arc<Lock>>;
 
-/// Every known lock and the table-wide revision counter. Cloning it is cheap (see [`Locks`]).
+/// The locks with a deadline, by their earliest deadline.
+pub type Deadlines = imbl::OrdSet<(SystemTime, Arc<str>)>;
+
+/// Every known lock, the table-wide revision counter, and when the next lease ends. Cloning
+/// it is cheap (see [`Locks`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockTable {
     /// Incremented by every change; never goes backwards.
     pub revision: u64,
     pub locks: Locks,
+    deadlines: Deadlines,
 }
 
 impl LockTable {
     /// A table of `locks` at `revision`.
     pub fn new(revision: u64, locks: impl IntoIterator<Item = (String, Lock)>) -> LockTable {
-        LockTable {
+        let mut table = LockTable {
             revision,
-            locks: locks
-                .into_iter()
-                .map(|(name, lock)| (Arc::from(name), Arc::new(lock)))
-                .collect(),
+            ..LockTable::default()
+        };
+        for (name, lock) in locks {
+            table.insert(Arc::from(name), lock);
         }
+        table
     }
 
     /// The lock called `name`, or a free lock at revision 0 for a name never used.
@@ -291,6 +466,11 @@ impl LockTable {
     /// An owned copy of [`LockTable::lock`].
     pub fn get(&self, name: &str) -> Lock {
         self.lock(name).clone()
+    }
+
+    /// The earliest deadline of any holder.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        self.deadlines.get_min().map(|(at, _)| *at)
     }
 
     /// Starts a batch of requests on top of this table.
@@ -306,13 +486,25 @@ impl LockTable {
     pub fn commit(&mut self, changes: Changes) {
         self.revision = changes.revision;
         for (name, lock) in changes.locks {
-            self.locks.insert(Arc::from(name), Arc::new(lock));
+            self.insert(Arc::from(name), lock);
         }
     }
 
-    /// Applies one request directly; for tests and tools that need no storage.
+    fn insert(&mut self, name: Arc<str>, lock: Lock) {
+        if let Some(at) = self.locks.get(&name).and_then(|old| old.next_deadline()) {
+            self.deadlines.remove(&(at, name.clone()));
+        }
+        if let Some(at) = lock.next_deadline() {
+            self.deadlines.insert((at, name.clone()));
+        }
+        self.locks.insert(name, Arc::new(lock));
+    }
+
+    /// Applies one request directly (after expiring what is due); for tests and tools that
+    /// need no storage.
     pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
         let mut batch = self.batch();
+        batch.expire_due(now);
         let decision = batch.apply(name, op, claim, now);
         let changes = batch.into_changes();
         self.commit(changes);
@@ -356,13 +548,43 @@ impl<'a> Batch<'a> {
             .unwrap_or_else(|| self.base.lock(name))
     }
 
-    /// Decides one request; a change takes the next revision.
+    /// Releases every claim whose deadline is at or before `now`, each expired lock a change
+    /// with the next revision; returns how many locks changed. Run it first in every batch,
+    /// so that no request is decided against a lapsed claim.
+    pub fn expire_due(&mut self, now: SystemTime) -> usize {
+        let due: Vec<Arc<str>> = self
+            .base
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, name)| name.clone())
+            .collect();
+        let mut expired = 0;
+        for name in due {
+            let mut lock = self.lock(&name).clone();
+            if lock.expire(now) {
+                self.revision += 1;
+                lock.revision = self.revision;
+                self.changes.insert(name.to_string(), lock);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Decides one request; a change takes the next revision (a renewal keeps the lock's).
     pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
         let current = self.lock(name);
+        let was_free = current.is_free();
         match decide(current, op, claim, now) {
             (verdict, Some(mut next)) => {
                 self.revision += 1;
-                next.revision = self.revision;
+                if op != Op::Renew {
+                    next.revision = self.revision;
+                }
+                if was_free && !next.is_free() {
+                    next.token = Some(self.revision);
+                }
                 let lock = next.clone();
                 self.changes.insert(name.to_owned(), next);
                 Decision { verdict, lock }
@@ -405,11 +627,7 @@ mod tests {
     use std::time::Duration;
 
     fn claim(key: &str, requestor: &str) -> Claim {
-        Claim {
-            key: key.into(),
-            requestor: requestor.into(),
-            request_id: None,
-        }
+        Claim::new(key, requestor)
     }
 
     fn retried(key: &str, requestor: &str, id: &str) -> Claim {
@@ -522,7 +740,8 @@ mod tests {
         let d = table.apply("env", Op::Lock, &claim("k", "job"), at(10));
         assert_eq!(d.verdict, Verdict::Acquired);
         assert_eq!(d.lock.key, "k");
-        assert_eq!(d.lock.locked_by, Holders::from_iter([("job".into(), 1)]));
+        assert_eq!(d.lock.locked_by.iter().collect::<Vec<_>>(), [("job", 1)]);
+        assert_eq!(d.lock.locked_by.entries()[0].since, Some(at(10)));
         assert_eq!(d.lock.locked_at, Some(at(10)));
         assert_eq!(d.lock.revision, 1);
         assert_eq!(table.revision, 1);
@@ -545,8 +764,8 @@ mod tests {
         table.apply("env", Op::Lock, &claim("k", "x"), at(2));
         let d = table.apply("env", Op::Lock, &claim("k", "y"), at(3));
         assert_eq!(
-            d.lock.locked_by,
-            Holders::from_iter([("x".into(), 2), ("y".into(), 1)])
+            d.lock.locked_by.iter().collect::<Vec<_>>(),
+            [("x", 2), ("y", 1)]
         );
         assert_eq!(
             d.lock.locked_at,
@@ -605,8 +824,8 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(holders.iter().collect::<Vec<_>>(), [("b", 1), ("c", 2)]);
-        holders.add("a");
-        holders.add("c");
+        holders.add(&claim("k", "a"), at(1));
+        holders.add(&claim("k", "c"), at(1));
         assert_eq!(
             holders.iter().collect::<Vec<_>>(),
             [("a", 1), ("b", 1), ("c", 3)]
@@ -626,6 +845,162 @@ mod tests {
         assert_eq!(d.verdict, Verdict::HeldByOther);
         assert_eq!(batch.revision(), 1);
         assert!(table.locks.is_empty());
+    }
+
+    fn leased(key: &str, requestor: &str, ttl_secs: u64) -> Claim {
+        Claim {
+            ttl: Some(Duration::from_secs(ttl_secs)),
+            ..claim(key, requestor)
+        }
+    }
+
+    #[test]
+    fn a_lease_ends_at_its_deadline_and_the_expiry_takes_a_revision() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &leased("k", "x", 60), at(100));
+        assert_eq!(table.next_deadline(), Some(at(160)));
+        let lock = table.get("env");
+        assert_eq!(lock.locked_by.entries()[0].expires_at, Some(at(160)));
+        assert!(!lock.as_of(at(159)).is_free(), "held until the deadline");
+        assert!(
+            lock.as_of(at(160)).is_free(),
+            "free at the deadline, committed or not"
+        );
+
+        let mut batch = table.batch();
+        assert_eq!(batch.expire_due(at(159)), 0);
+        assert_eq!(batch.expire_due(at(160)), 1);
+        let changes = batch.into_changes();
+        table.commit(changes);
+        let lock = table.get("env");
+        assert!(lock.is_free());
+        assert_eq!((lock.revision, table.revision), (2, 2));
+        assert_eq!(
+            (lock.token, lock.locked_at, lock.key.as_str()),
+            (None, None, "")
+        );
+        assert_eq!(
+            table.next_deadline(),
+            None,
+            "the index forgets an expired lease"
+        );
+    }
+
+    #[test]
+    fn only_the_holder_whose_lease_ended_loses_its_claims() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &leased("k", "x", 10), at(0));
+        table.apply("env", Op::Lock, &leased("k", "x", 10), at(0));
+        table.apply("env", Op::Lock, &claim("k", "y"), at(0));
+        let d = table.apply("env", Op::Lock, &claim("other", "z"), at(11));
+        assert_eq!(d.verdict, Verdict::HeldByOther, "y holds it for ever");
+        let lock = table.get("env");
+        assert_eq!(lock.locked_by.iter().collect::<Vec<_>>(), [("y", 1)]);
+        assert_eq!(lock.token, Some(1), "a partial release keeps the token");
+    }
+
+    #[test]
+    fn locking_again_keeps_the_later_deadline_and_no_ttl_means_for_ever() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &leased("k", "x", 100), at(0));
+        table.apply("env", Op::Lock, &leased("k", "x", 10), at(50));
+        assert_eq!(
+            table.next_deadline(),
+            Some(at(100)),
+            "the earlier ask does not shorten it"
+        );
+        table.apply("env", Op::Lock, &leased("k", "x", 100), at(60));
+        assert_eq!(table.next_deadline(), Some(at(160)));
+        table.apply("env", Op::Lock, &claim("k", "x"), at(70));
+        assert_eq!(
+            table.next_deadline(),
+            None,
+            "a claim without ttl never expires"
+        );
+    }
+
+    #[test]
+    fn a_renewal_moves_the_deadline_but_not_the_locks_revision() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &leased("k", "x", 60), at(0));
+        let d = table.apply("env", Op::Renew, &leased("k", "x", 600), at(50));
+        assert_eq!(d.verdict, Verdict::Renewed);
+        assert_eq!(d.lock.locked_by.entries()[0].expires_at, Some(at(650)));
+        assert_eq!(d.lock.revision, 1, "the lock's revision stays");
+        assert_eq!(table.revision, 2, "the renewal is a change of the table");
+        let d = table.apply("env", Op::Renew, &leased("k", "x", 5), at(100));
+        assert_eq!(
+            d.lock.locked_by.entries()[0].expires_at,
+            Some(at(105)),
+            "a renewal sets the deadline, shorter or not"
+        );
+    }
+
+    #[test]
+    fn renewing_what_one_does_not_hold_is_refused() {
+        let mut table = LockTable::default();
+        let d = table.apply("env", Op::Renew, &leased("k", "x", 60), at(0));
+        assert_eq!(d.verdict, Verdict::NotHolding, "never taken");
+        table.apply("env", Op::Lock, &leased("k", "x", 60), at(0));
+        let d = table.apply("env", Op::Renew, &leased("k", "y", 60), at(1));
+        assert_eq!(d.verdict, Verdict::NotHolding, "same key, no claim");
+        let d = table.apply("env", Op::Renew, &leased("other", "x", 60), at(1));
+        assert_eq!(d.verdict, Verdict::HeldByOther);
+        let d = table.apply("env", Op::Renew, &leased("k", "x", 60), at(61));
+        assert_eq!(d.verdict, Verdict::NotHolding, "expired");
+        assert!(table.get("env").is_free());
+    }
+
+    #[test]
+    fn a_retried_renewal_is_answered_as_done() {
+        let mut table = LockTable::default();
+        table.apply("env", Op::Lock, &leased("k", "x", 60), at(0));
+        let renew = Claim {
+            request_id: Some("r1".into()),
+            ..leased("k", "x", 600)
+        };
+        table.apply("env", Op::Renew, &renew, at(10));
+        let revision = table.revision;
+        let again = table.apply("env", Op::Renew, &renew, at(20));
+        assert_eq!(again.verdict, Verdict::Renewed);
+        assert_eq!(table.revision, revision, "the retry changes nothing");
+        assert_eq!(again.lock.locked_by.entries()[0].expires_at, Some(at(610)));
+    }
+
+    #[test]
+    fn the_latest_owner_given_wins() {
+        let mut table = LockTable::default();
+        let with_owner = |job: &str| Claim {
+            owner: Some(Owner::from([("job".to_string(), job.to_string())])),
+            ..claim("k", "x")
+        };
+        table.apply("env", Op::Lock, &with_owner("build"), at(0));
+        table.apply("env", Op::Lock, &claim("k", "x"), at(1));
+        assert_eq!(
+            table.get("env").locked_by.entries()[0].owner["job"],
+            "build"
+        );
+        table.apply("env", Op::Lock, &with_owner("deploy"), at(2));
+        assert_eq!(
+            table.get("env").locked_by.entries()[0].owner["job"],
+            "deploy"
+        );
+    }
+
+    #[test]
+    fn a_token_is_the_revision_at_which_the_key_took_the_lock() {
+        let mut table = LockTable::default();
+        table.apply("other", Op::Lock, &claim("o", "o"), at(0));
+        let first = table.apply("env", Op::Lock, &claim("k", "x"), at(0)).lock;
+        assert_eq!(first.token, Some(2));
+        let shared = table.apply("env", Op::Lock, &claim("k", "y"), at(0)).lock;
+        assert_eq!(shared.token, Some(2), "every holder of the key shares it");
+        table.apply("env", Op::Unlock, &claim("k", "x"), at(0));
+        table.apply("env", Op::Unlock, &claim("k", "y"), at(0));
+        assert_eq!(table.get("env").token, None, "a free lock has none");
+        let next = table.apply("env", Op::Lock, &claim("k2", "z"), at(0)).lock;
+        assert_eq!(next.token, Some(table.revision));
+        assert!(next.token > first.token);
     }
 
     /// The simplest model of the rules: a key and a count per requestor, nothing else.
@@ -654,6 +1029,9 @@ mod tests {
                     _ => false,
                 },
                 Op::Unlock => false,
+                Op::Renew => {
+                    !free && holder == key && counts.get(requestor).is_some_and(|&c| c > 0)
+                }
             }
         }
     }
@@ -682,9 +1060,51 @@ mod tests {
                     prop_assert!(lock.check_invariants().is_ok(), "{}: {:?}", name, lock);
                     let (key, counts) = &model.locks[&**name];
                     let held: Holders = counts.iter().map(|(r, c)| (r.clone(), *c)).collect();
-                    prop_assert_eq!(&lock.locked_by, &held);
+                    prop_assert_eq!(lock.locked_by.iter().collect::<Vec<_>>(), held.iter().collect::<Vec<_>>());
                     if !held.is_empty() { prop_assert_eq!(&lock.key, key); }
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever happens (locks, unlocks, renewals, leases ending, time passing), a lock's
+        /// token grows every time a key takes it, every holder shares it, and no read at any
+        /// time shows a holder past its deadline.
+        #[test]
+        fn tokens_only_grow_and_no_lapsed_holder_is_seen(
+            steps in proptest::collection::vec(
+                (0..2usize, 0..3u8, 0..2usize, 0..3usize, proptest::option::of(1..30u64), 0..20u64),
+                1..150,
+            )
+        ) {
+            let names = ["a", "b"];
+            let keys = ["k1", "k2"];
+            let requestors = ["r1", "r2", "r3"];
+            let mut table = LockTable::default();
+            let mut now = at(1_000);
+            let mut last_token: HashMap<&str, u64> = HashMap::new();
+            for (n, op, k, r, ttl, pause) in steps {
+                now += Duration::from_secs(pause);
+                let op = [Op::Lock, Op::Unlock, Op::Renew][op as usize];
+                let claim = Claim {
+                    ttl: ttl.map(Duration::from_secs).or(if op == Op::Renew { Some(Duration::from_secs(5)) } else { None }),
+                    ..claim(keys[k], requestors[r])
+                };
+                let before = table.lock(names[n]).as_of(now).into_owned();
+                let d = table.apply(names[n], op, &claim, now);
+                if before.is_free() && !d.lock.is_free() {
+                    let token = d.lock.token.expect("a held lock has a token");
+                    let previous = last_token.insert(names[n], token);
+                    prop_assert!(previous.is_none_or(|p| token > p), "token {} after {:?}", token, previous);
+                }
+                for (name, lock) in &table.locks {
+                    prop_assert!(lock.check_invariants().is_ok(), "{}: {:?}", name, lock);
+                    let seen = lock.as_of(now);
+                    prop_assert!(seen.locked_by.entries().iter().all(|h| h.expires_at.is_none_or(|t| t > now)));
+                    prop_assert!(seen.is_free() || seen.token == lock.token);
+                }
+                prop_assert_eq!(table.next_deadline(), table.locks.values().filter_map(|l| l.next_deadline()).min());
             }
         }
     }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::json;
 
-use crate::domain::{Claim, Decision, Holders, Lock, Locks, Verdict};
+use locker_protocol::timestamp;
+
+use crate::domain::{Claim, Decision, Holder, Holders, Lock, Locks, Verdict};
 
 /// A refused request: the status and the message of its JSON error body.
 pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
@@ -57,6 +59,27 @@ pub(super) fn decision_response(name: &str, claim: &Claim, decision: &Decision) 
                 claim.requestor, claim.key
             ),
         ),
+        Verdict::Renewed => (
+            StatusCode::OK,
+            "response",
+            format!(
+                "Lock for '{name}' renewed by '{}' using key '{}' until {}",
+                claim.requestor,
+                claim.key,
+                lock.locked_by
+                    .holder(&claim.requestor)
+                    .and_then(|h| h.expires_at)
+                    .map_or_else(|| "further notice".to_string(), locker_protocol::timestamp)
+            ),
+        ),
+        Verdict::NotHolding => (
+            StatusCode::CONFLICT,
+            "error",
+            format!(
+                "'{}' holds no claim on lock '{name}' with key '{}' to renew: it expired or was never taken; lock it again",
+                claim.requestor, claim.key
+            ),
+        ),
         Verdict::HeldByOther => (
             StatusCode::LOCKED,
             "error",
@@ -96,15 +119,25 @@ impl Serialize for ChangeAnswer<'_> {
     }
 }
 
-/// The holders of a lock for a message: `'a' (2), 'b'`.
+/// The holders of a lock for a message: `'a' (2), 'main/deploy #42 (https://...)'`, each
+/// named by its build when its owner says which, else by its requestor.
 fn holders(lock: &Lock) -> String {
     lock.locked_by
+        .entries()
         .iter()
-        .map(|(r, c)| {
-            if c == 1 {
-                format!("'{r}'")
+        .map(|h| {
+            let owner = |field: &str| h.owner.get(field).map(String::as_str);
+            let mut name = match (owner("pipeline"), owner("job"), owner("build")) {
+                (Some(pipeline), Some(job), Some(build)) => format!("{pipeline}/{job} #{build}"),
+                _ => h.requestor.clone(),
+            };
+            if let Some(url) = owner("build_url") {
+                name = format!("{name} ({url})");
+            }
+            if h.count == 1 {
+                format!("'{name}'")
             } else {
-                format!("'{r}' ({c})")
+                format!("'{name}' ({})", h.count)
             }
         })
         .collect::<Vec<_>>()
@@ -138,11 +171,13 @@ pub(super) struct LockJson<'a>(pub(super) &'a Lock);
 impl Serialize for LockJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let lock = self.0;
-        let mut map = s.serialize_map(Some(4))?;
+        let mut map = s.serialize_map(Some(6))?;
         map.serialize_entry("key", &lock.key)?;
-        map.serialize_entry("locked_by", &HoldersJson(&lock.locked_by))?;
+        map.serialize_entry("locked_by", &CountsJson(&lock.locked_by))?;
         map.serialize_entry("revision", &lock.revision)?;
-        map.serialize_entry("locked_at", &lock.locked_at.map(locker_protocol::timestamp))?;
+        map.serialize_entry("locked_at", &lock.locked_at.map(timestamp))?;
+        map.serialize_entry("token", &lock.token)?;
+        map.serialize_entry("holders", &HoldersJson(&lock.locked_by))?;
         map.end()
     }
 }
@@ -155,10 +190,11 @@ const LOCKS_PER_PIECE: usize = 512;
 /// starts after the last name written, so the stream owns nothing but the snapshot.
 pub(super) fn locks_json_stream(
     locks: Locks,
+    now: std::time::SystemTime,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
     use std::ops::Bound;
     let start: Option<Option<Arc<str>>> = Some(None);
-    futures_util::stream::unfold((locks, start), |(locks, after)| async move {
+    futures_util::stream::unfold((locks, start), move |(locks, after)| async move {
         let after = after?;
         // hyper pulls pieces for as long as the socket takes them; yielding between pieces
         // lets the requests queued on this worker run in between, so a big read costs them
@@ -183,7 +219,7 @@ pub(super) fn locks_json_stream(
             }
             let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
                 piece.push(b':');
-                serde_json::to_writer(&mut piece, &LockJson(lock))
+                serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(now)))
             });
             if let Err(e) = written {
                 return Some((Err(std::io::Error::other(e)), (locks, None)));
@@ -200,15 +236,99 @@ pub(super) fn locks_json_stream(
     })
 }
 
-/// Holders as a map, requestor to count.
-struct HoldersJson<'a>(&'a Holders);
+/// Claims per requestor, as the original server wrote them.
+struct CountsJson<'a>(&'a Holders);
 
-impl Serialize for HoldersJson<'_> {
+impl Serialize for CountsJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.0.len()))?;
         for (requestor, count) in self.0.iter() {
             map.serialize_entry(requestor, &count)?;
         }
         map.end()
+    }
+}
+
+/// Every holder, with when it claimed, when its lease ends and who it is for.
+struct HoldersJson<'a>(&'a Holders);
+
+impl Serialize for HoldersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut list = s.serialize_seq(Some(self.0.len()))?;
+        for h in self.0.entries() {
+            list.serialize_element(&HolderJson(h))?;
+        }
+        list.end()
+    }
+}
+
+struct HolderJson<'a>(&'a Holder);
+
+impl Serialize for HolderJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut map = s.serialize_map(Some(5))?;
+        map.serialize_entry("requestor", &h.requestor)?;
+        map.serialize_entry("count", &h.count)?;
+        map.serialize_entry("since", &h.since.map(timestamp))?;
+        map.serialize_entry("expires_at", &h.expires_at.map(timestamp))?;
+        map.serialize_entry("owner", &h.owner)?;
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::domain::{LockTable, Op, Owner};
+
+    #[test]
+    fn the_lock_object_is_what_the_protocol_crate_reads() {
+        let mut table = LockTable::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let claim = Claim {
+            ttl: Some(Duration::from_secs(90)),
+            owner: Some(Owner::from([("job".into(), "deploy".into())])),
+            ..Claim::new("k", "r")
+        };
+        let lock = table.apply("env", Op::Lock, &claim, now).lock;
+        let json = serde_json::to_value(LockJson(&lock)).unwrap();
+        let read: locker_protocol::Lock = serde_json::from_value(json.clone()).unwrap();
+        let expected = locker_protocol::Lock {
+            key: "k".into(),
+            locked_by: [("r".to_string(), 1)].into(),
+            revision: 1,
+            locked_at: Some("2027-01-15T08:00:00.000Z".into()),
+            token: Some(1),
+            holders: vec![locker_protocol::Holder {
+                requestor: "r".into(),
+                count: 1,
+                since: Some("2027-01-15T08:00:00.000Z".into()),
+                expires_at: Some("2027-01-15T08:01:30.000Z".into()),
+                owner: [("job".to_string(), "deploy".to_string())].into(),
+            }],
+        };
+        assert_eq!(read, expected);
+        let fields: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "holders",
+                "key",
+                "locked_at",
+                "locked_by",
+                "revision",
+                "token"
+            ],
+            "no field the protocol crate does not know"
+        );
     }
 }

@@ -4,14 +4,16 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use locker_protocol::{CLAIM_FIELDS, IDEMPOTENCY_KEY, json_type, names};
+use locker_protocol::{
+    CLAIM_FIELDS, IDEMPOTENCY_KEY, MAX_OWNER_BYTES, MAX_OWNER_FIELDS, json_type, names,
+};
 use poem::http::{StatusCode, header};
 use poem::{Body, Request};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::answer::ApiError;
-use crate::domain::Claim;
+use crate::domain::{Claim, Owner};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -23,6 +25,19 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
     names::lock_name_from_path(segment).map_err(ApiError::bad_request)
+}
+
+/// The lock name and action of `POST /lock/{name}/{action}`.
+pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {
+    let rest = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
+    let Some((segment, action)) = rest.rsplit_once('/') else {
+        return Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST needs an action: POST /lock/NAME/renew".into(),
+        ));
+    };
+    let name = names::lock_name_from_path(segment).map_err(ApiError::bad_request)?;
+    Ok((name, action))
 }
 
 /// Replaces the request's body by its bytes, read in full (at most [`MAX_BODY`]).
@@ -72,7 +87,8 @@ pub(super) async fn read_claim(body: Body) -> Result<Claim, ApiError> {
     parse_claim(&bytes).map_err(ApiError::bad_request)
 }
 
-/// Parses `{"key": K, "locked_by"|"lock_by"|"requestor": R}`; the requestor defaults to the key.
+/// Parses `{"key": K, "locked_by"|"lock_by"|"requestor": R, "ttl": D, "owner": {...}}`; the
+/// requestor defaults to the key.
 pub(crate) fn parse_claim(bytes: &[u8]) -> Result<Claim, String> {
     match serde_json::from_slice::<ClaimBody>(bytes) {
         Ok(body) => body.into_claim(),
@@ -95,10 +111,80 @@ struct ClaimBody<'a> {
     lock_by: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "some_text")]
     requestor: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "some_ttl")]
+    ttl: Option<TtlValue<'a>>,
+    #[serde(default, deserialize_with = "some_owner")]
+    owner: Option<Owner>,
+}
+
+/// A `ttl` as sent: a duration string or a number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TtlValue<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Seconds(f64),
 }
 
 fn some_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
     Cow::<'de, str>::deserialize(d).map(Some)
+}
+
+fn some_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TtlValue<'de>>, D::Error> {
+    TtlValue::deserialize(d).map(Some)
+}
+
+fn some_owner<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Owner>, D::Error> {
+    Owner::deserialize(d).map(Some)
+}
+
+/// Reads a `ttl`: more than zero, as a duration string (`90s`, `30m`, `2h`, `1h 30m`) or a
+/// number of seconds.
+fn ttl_from(value: TtlValue<'_>) -> Result<Duration, String> {
+    let hint = "send a duration like \"90s\", \"30m\" or \"1h 30m\", or a number of seconds";
+    let ttl = match value {
+        TtlValue::Text(text) if text.trim().is_empty() => {
+            return Err(format!("field 'ttl' is empty; {hint}"));
+        }
+        TtlValue::Text(text) => humantime::parse_duration(text.trim())
+            .map_err(|e| format!("field 'ttl' ({text:?}) is not a duration ({e}); {hint}"))?,
+        TtlValue::Seconds(seconds) if seconds > 0.0 => Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("field 'ttl' ({seconds} seconds) is too large"))?,
+        TtlValue::Seconds(seconds) => {
+            return Err(format!(
+                "field 'ttl' must be more than zero, not {seconds}; {hint}"
+            ));
+        }
+    };
+    if ttl.is_zero() {
+        return Err(format!("field 'ttl' must be more than zero; {hint}"));
+    }
+    Ok(ttl)
+}
+
+/// Checks an `owner`: at most [`MAX_OWNER_FIELDS`] fields of at most [`MAX_OWNER_BYTES`] in
+/// all, names as for requestors, values without control characters.
+fn owner_from(owner: Owner) -> Result<Owner, String> {
+    if owner.len() > MAX_OWNER_FIELDS {
+        return Err(format!(
+            "field 'owner' has {} fields; the limit is {MAX_OWNER_FIELDS}",
+            owner.len()
+        ));
+    }
+    let bytes: usize = owner.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_OWNER_BYTES {
+        return Err(format!(
+            "field 'owner' is {bytes} bytes long (names and values); the limit is {MAX_OWNER_BYTES}"
+        ));
+    }
+    for (name, value) in &owner {
+        names::check_text("a field name in 'owner'", name)?;
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "field 'owner.{name}' contains the control character {c:?}; control characters are not allowed"
+            ));
+        }
+    }
+    Ok(owner)
 }
 
 impl<'a> ClaimBody<'a> {
@@ -110,14 +196,19 @@ impl<'a> ClaimBody<'a> {
             }
             Ok(value)
         };
-        claim_from(
+        let claim = claim_from(
             self.key,
             [
                 checked("locked_by", self.locked_by),
                 checked("lock_by", self.lock_by),
                 checked("requestor", self.requestor),
             ],
-        )
+        )?;
+        Ok(Claim {
+            ttl: self.ttl.map(ttl_from).transpose()?,
+            owner: self.owner.map(owner_from).transpose()?,
+            ..claim
+        })
     }
 }
 
@@ -142,11 +233,8 @@ where
         requestor = Some(r);
     }
     let key: String = key.into();
-    Ok(Claim {
-        requestor: requestor.map_or_else(|| key.clone(), Into::into),
-        key,
-        request_id: None,
-    })
+    let requestor = requestor.map_or_else(|| key.clone(), Into::into);
+    Ok(Claim::new(key, requestor))
 }
 
 /// Parses a body as a JSON value first, to explain precisely what is wrong with it.
@@ -186,7 +274,47 @@ fn parse_claim_value(bytes: &[u8]) -> Result<Claim, String> {
         }
     };
     let key = text("key")?.ok_or_else(|| format!("field 'key' is required; {example}"))?;
-    claim_from(key, ["locked_by", "lock_by", "requestor"].map(text))
+    let claim = claim_from(key, ["locked_by", "lock_by", "requestor"].map(text))?;
+    let ttl = match fields.get("ttl") {
+        None => None,
+        Some(Value::String(s)) => Some(ttl_from(TtlValue::Text(Cow::Borrowed(s)))?),
+        Some(Value::Number(n)) => {
+            Some(ttl_from(TtlValue::Seconds(n.as_f64().unwrap_or(f64::NAN)))?)
+        }
+        Some(other) => {
+            return Err(format!(
+                "field 'ttl' must be a duration like \"30m\" or a number of seconds, not {}",
+                json_type(other)
+            ));
+        }
+    };
+    let owner = match fields.get("owner") {
+        None => None,
+        Some(Value::Object(map)) => {
+            let mut owner = Owner::new();
+            for (name, value) in map {
+                let Value::String(text) = value else {
+                    return Err(format!(
+                        "field 'owner.{name}' must be a string, not {}",
+                        json_type(value)
+                    ));
+                };
+                owner.insert(name.clone(), text.clone());
+            }
+            Some(owner_from(owner)?)
+        }
+        Some(other) => {
+            return Err(format!(
+                "field 'owner' must be an object of strings, not {}",
+                json_type(other)
+            ));
+        }
+    };
+    Ok(Claim {
+        ttl,
+        owner,
+        ..claim
+    })
 }
 
 /// The request's `Idempotency-Key` header, if it has one: retries of one request share it, so
@@ -250,12 +378,13 @@ mod tests {
         /// claim, or the same error.
         #[test]
         fn the_fast_path_agrees_with_the_slow_one(
-            fields in proptest::collection::vec((0..6usize, 0..8usize), 0..6)
+            fields in proptest::collection::vec((0..8usize, 0..13usize), 0..6)
         ) {
-            let names = ["key", "locked_by", "lock_by", "requestor", "other", "key"];
+            let names = ["key", "locked_by", "lock_by", "requestor", "other", "key", "ttl", "owner"];
             let values = [
                 json!("k"), json!("r"), json!(""), json!("a\u{0}b"), json!(null), json!(1),
-                json!({"x": "y"}), json!("x".repeat(600)),
+                json!({"x": "y"}), json!("x".repeat(600)), json!("90s"), json!(-1.5),
+                json!("1h 30m"), json!({"job": "deploy", "build": "42"}), json!({"n": 1}),
             ];
             let mut body = String::from("{");
             for (i, (n, v)) in fields.iter().enumerate() {

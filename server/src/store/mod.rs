@@ -8,6 +8,11 @@
 //! published and the batch answered. If the commit fails, every request in the batch is told
 //! so and nothing was published.
 //!
+//! Leases: every batch first releases the claims whose deadline has passed. When no request
+//! comes, the writer wakes at the next deadline (and at least once a second while one is
+//! pending, so a clock that jumps is followed) to commit the expiry by itself; at start-up it
+//! expires what lapsed while the server was down before anything is served.
+//!
 //! Readers take the latest published table: a clone that shares everything with the writer's
 //! but the paths changed since (see [`crate::domain::Locks`]), so a reader that serializes
 //! 100,000 locks holds nothing the writer needs. Subscribers are woken by each new table (a
@@ -18,7 +23,7 @@ pub mod file;
 use std::io;
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 
@@ -27,6 +32,10 @@ use crate::domain::{Claim, Decision, LockTable, Op};
 
 /// The most requests one batch takes; bounds the latency a single commit adds.
 const MAX_BATCH: usize = 4096;
+/// The longest the writer sleeps while a deadline is pending.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+/// How long the writer waits before trying again after a commit failed.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Where batches are decided and made durable: the seam between the lock rules and storage.
 ///
@@ -37,8 +46,9 @@ pub trait Backend: Send + 'static {
     /// The table as last committed.
     fn table(&self) -> &LockTable;
 
-    /// Decides `requests` in order at `now` and commits what they change as one durable unit;
-    /// returns only once it would survive a crash. On error nothing of the batch is committed.
+    /// Releases the claims whose deadline is at or before `now`, decides `requests` in order at
+    /// `now`, and commits what they change as one durable unit; returns only once it would
+    /// survive a crash. On error nothing of the batch is committed.
     fn decide_and_commit(
         &mut self,
         requests: &[Request],
@@ -96,9 +106,21 @@ impl LockStore {
     /// Starts the writer thread. It stops once every handle is dropped, after answering what
     /// was queued; join the returned handle to wait for that.
     pub fn start(
-        backend: impl Backend,
+        mut backend: impl Backend,
         clock: Arc<dyn Clock>,
     ) -> io::Result<(LockStore, thread::JoinHandle<()>)> {
+        // Claims that lapsed while the server was down are released before anything is read.
+        let now = clock.now();
+        if backend.table().next_deadline().is_some_and(|at| at <= now) {
+            match backend.decide_and_commit(&[], now) {
+                Ok(_) => tracing::info!(
+                    "released the claims whose lease ended while the server was down"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the claims whose lease ended while the server was down; retrying")
+                }
+            }
+        }
         let (publish, published) = watch::channel(backend.table().clone());
         let (jobs, queue) = mpsc::channel();
         let writer = thread::Builder::new()
@@ -140,19 +162,46 @@ fn run_writer(
     publish: &watch::Sender<LockTable>,
     clock: &dyn Clock,
 ) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+    let mut last_failed = false;
+    loop {
+        // Sleep until a request comes or the next lease ends.
+        let wait = backend.table().next_deadline().map(|at| {
+            let until = at.duration_since(clock.now()).unwrap_or_default();
+            let until = until.min(EXPIRY_CHECK);
+            if last_failed {
+                until.max(RETRY_AFTER_FAILURE)
+            } else {
+                until
+            }
+        });
+        let first = match wait {
+            None => match queue.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            },
+            Some(wait) => match queue.recv_timeout(wait) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        let mut jobs: Vec<Job> = first.into_iter().collect();
+        while !jobs.is_empty() && jobs.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
+        let now = clock.now();
+        if jobs.is_empty() && backend.table().next_deadline().is_none_or(|at| at > now) {
+            continue;
+        }
         let (requests, replies): (Vec<Request>, Vec<_>) =
             jobs.into_iter().map(|job| (job.request, job.reply)).unzip();
         let revision = backend.table().revision;
-        match backend.decide_and_commit(&requests, clock.now()) {
+        match backend.decide_and_commit(&requests, now) {
             Ok(committed) => {
+                last_failed = false;
                 if committed.table.revision != revision {
                     publish.send_replace(committed.table);
                 }
@@ -161,6 +210,7 @@ fn run_writer(
                 }
             }
             Err(e) => {
+                last_failed = true;
                 tracing::error!(error = %e, requests = replies.len(), "could not save a batch; answering 503");
                 let error = StoreError::NotCommitted(e);
                 for reply in replies {
@@ -186,11 +236,7 @@ mod tests {
         Request {
             name: name.into(),
             op: Op::Lock,
-            claim: Claim {
-                key: key.into(),
-                requestor: key.into(),
-                request_id: None,
-            },
+            claim: Claim::new(key, key),
         }
     }
 

@@ -185,3 +185,44 @@ fn an_http1_head_that_never_ends_is_still_cut_after_the_head_timeout() {
         other => panic!("expected the server to close the connection within 10 s, got {other:?}"),
     }
 }
+
+/// With the clock moved past a deadline, a read at once shows the lock free though the
+/// expiry is not committed yet (its revision is still the lock's), and the writer commits it
+/// within its one-second check.
+///
+/// Broken on purpose (tried): without `Lock::as_of` in `show_lock`, the first read shows the
+/// lapsed claim.
+#[test]
+fn a_lapsed_claim_is_hidden_at_once_and_its_expiry_committed_soon_after() {
+    let clock = ManualClock::new(at("2030-01-01T00:00:00Z"));
+    let app = spawn_app(&clock, None);
+    let client = Client::new();
+    let url = format!("{}/lock/env", app.url);
+    let body = serde_json::json!({"key": "k", "locked_by": "job", "ttl": "1h"}).to_string();
+    let (status, answer) = client.put(&url, &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["lock"]["holders"][0]["expires_at"],
+        "2030-01-01T01:00:00.000Z"
+    );
+
+    clock.advance(Duration::from_secs(3600));
+    let (_, lock) = client.get(&url);
+    assert_eq!(
+        (&lock["key"], &lock["revision"]),
+        (&serde_json::json!(""), &serde_json::json!(1)),
+        "free at the deadline, before the expiry is committed: {lock}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, lock) = client.get(&url);
+        if lock["revision"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer commits the expiry: {lock}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

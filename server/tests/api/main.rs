@@ -3,6 +3,7 @@
 mod auth_tls;
 mod concurrency;
 mod in_process;
+mod leases;
 mod locks;
 mod persistence;
 mod retries;

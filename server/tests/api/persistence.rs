@@ -76,7 +76,7 @@ fn state_file_is_versioned_yaml() {
     server.stop();
     let text = fs::read_to_string(server.state_file()).unwrap();
     assert!(
-        text.starts_with("version: 1\nrevision: 1\nlocks:\n"),
+        text.starts_with("version: 2\nrevision: 1\nlocks:\n"),
         "{text}"
     );
     let value: serde_json::Value = serde_norway::from_str(&text).unwrap();
@@ -84,7 +84,11 @@ fn state_file_is_versioned_yaml() {
         value["locks"]["yes"]["key"], "null",
         "strings stay strings: {text}"
     );
-    assert_eq!(value["locks"]["yes"]["locked_by"]["~"], 1, "{text}");
+    assert_eq!(
+        value["locks"]["yes"]["holders"][0]["requestor"], "~",
+        "{text}"
+    );
+    assert_eq!(value["locks"]["yes"]["holders"][0]["count"], 1, "{text}");
 }
 
 #[test]
@@ -133,7 +137,7 @@ fn legacy_files_load_with_exact_holders_and_are_rewritten_on_first_change() {
 
         client.put(&server.url("/lock/new"), &body("k", "r"));
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("version: 1\n"), "{file} rewritten: {text}");
+        assert!(text.starts_with("version: 2\n"), "{file} rewritten: {text}");
         server.restart();
         let (_, again) = client.get(&server.url("/locks"));
         for (name, lock) in expected.as_object().unwrap() {
@@ -232,7 +236,7 @@ fn missing_file_is_created_empty() {
     let text = fs::read_to_string(server.state_file()).unwrap();
     assert_eq!(
         text,
-        "version: 1\nrevision: 0\nlocks: {}\n# end of locker state file\n"
+        "version: 2\nrevision: 0\nlocks: {}\n# end of locker state file\n"
     );
     assert!(server.log().contains("created empty"), "{}", server.log());
 }

@@ -142,14 +142,18 @@ fn broken_files_are_refused_and_left_untouched() {
         ("no locks", b"version: 1\nrevision: 3\n".to_vec()),
         (
             "an unknown version",
-            text.replacen("version: 1", "version: 9", 1).into_bytes(),
+            text.replacen("version: 2", "version: 9", 1).into_bytes(),
         ),
         (
             "a lock as a list",
             b"version: 1\nrevision: 1\nlocks:\n  a: [1, 2]\n".to_vec(),
         ),
         ("a negative count", {
-            let broken = text.replacen("\"pipeline-a\":1", "\"pipeline-a\":-1", 1);
+            let broken = text.replacen(
+                "\"pipeline-a\",\"count\":1",
+                "\"pipeline-a\",\"count\":-1",
+                1,
+            );
             assert_ne!(broken, text, "the good file has pipeline-a's count to break");
             broken.into_bytes()
         }),

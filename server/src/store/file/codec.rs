@@ -10,37 +10,68 @@ use std::marker::PhantomData;
 
 use locker_protocol::names;
 use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::domain::{Lock, REMEMBERED_REQUESTS};
+use std::time::SystemTime;
 
-/// A lock as stored, in the state file or a journal record.
+use locker_protocol::timestamp;
+
+use crate::domain::{Holder, Holders, Lock, REMEMBERED_REQUESTS};
+
+/// A lock as stored, in the state file or a journal record: version 2 lists `holders`;
+/// version 1 (and the journal records it wrote) had only `locked_by`, requestor to count.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StoredLock {
     key: String,
-    locked_by: UniqueMap<u64>,
+    #[serde(default)]
+    locked_by: Option<UniqueMap<u64>>,
+    #[serde(default)]
+    holders: Option<Vec<StoredHolder>>,
     revision: u64,
     locked_at: Option<String>,
     #[serde(default)]
+    token: Option<u64>,
+    #[serde(default)]
     requests: Vec<String>,
+}
+
+/// A holder as stored (version 2).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredHolder {
+    requestor: String,
+    count: u64,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    owner: Option<UniqueMap<String>>,
+}
+
+fn parse_time(field: &str, text: Option<String>) -> Result<Option<SystemTime>, String> {
+    text.map(|s| {
+        humantime::parse_rfc3339(&s).map_err(|e| format!("{field} '{s}' is not RFC 3339 ({e})"))
+    })
+    .transpose()
 }
 
 impl StoredLock {
     /// Converts and checks a stored lock; its revision may not exceed `max_revision`.
     pub(super) fn into_lock(self, max_revision: u64) -> Result<Lock, String> {
-        let locked_at = match self.locked_at {
-            None => None,
-            Some(s) => Some(
-                humantime::parse_rfc3339(&s)
-                    .map_err(|e| format!("locked_at '{s}' is not RFC 3339 ({e})"))?,
-            ),
-        };
+        let locked_at = parse_time("locked_at", self.locked_at)?;
         if self.revision > max_revision {
             return Err(format!(
                 "it has revision {}, above the file's revision {max_revision}",
                 self.revision
+            ));
+        }
+        if self.token.is_some_and(|token| token > max_revision) {
+            return Err(format!(
+                "it has token {}, above the file's revision {max_revision}",
+                self.token.unwrap_or_default()
             ));
         }
         if self.requests.len() > REMEMBERED_REQUESTS {
@@ -52,15 +83,46 @@ impl StoredLock {
         for id in &self.requests {
             names::check_request_id(id)?;
         }
+        let locked_by = match (self.locked_by, self.holders) {
+            (Some(counts), None) => counts.0.into_iter().collect(),
+            (None, Some(holders)) => Holders::from_entries(
+                holders
+                    .into_iter()
+                    .map(StoredHolder::into_holder)
+                    .collect::<Result<_, _>>()?,
+            )?,
+            (Some(_), Some(_)) => return Err("it has both locked_by and holders".into()),
+            (None, None) => return Err("it has neither locked_by nor holders".into()),
+        };
+        // Locks stored before fencing tokens existed get the revision of their last change:
+        // below every token handed out from now on.
+        let token = match self.token {
+            None if !locked_by.is_empty() => Some(self.revision),
+            token => token,
+        };
         let lock = Lock {
             key: self.key,
-            locked_by: self.locked_by.0.into_iter().collect(),
+            locked_by,
             revision: self.revision,
             locked_at,
+            token,
             requests: self.requests,
         };
         lock.check_invariants()?;
         Ok(lock)
+    }
+}
+
+impl StoredHolder {
+    fn into_holder(self) -> Result<Holder, String> {
+        let what = format!("holder '{}'", self.requestor);
+        Ok(Holder {
+            since: parse_time(&format!("{what}: since"), self.since)?,
+            expires_at: parse_time(&format!("{what}: expires_at"), self.expires_at)?,
+            owner: self.owner.map(|o| o.0).unwrap_or_default(),
+            requestor: self.requestor,
+            count: self.count,
+        })
     }
 }
 
@@ -90,18 +152,19 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     }
 }
 
-/// A lock as storage writes it.
+/// A lock as storage writes it (version 2).
 pub(super) struct StoredLockView<'a>(pub(super) &'a Lock);
 
 impl Serialize for StoredLockView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let lock = self.0;
         let with_requests = !lock.requests.is_empty();
-        let mut map = s.serialize_map(Some(4 + usize::from(with_requests)))?;
+        let mut map = s.serialize_map(Some(5 + usize::from(with_requests)))?;
         map.serialize_entry("key", &lock.key)?;
-        map.serialize_entry("locked_by", &HoldersView(&lock.locked_by))?;
+        map.serialize_entry("holders", &HoldersView(&lock.locked_by))?;
         map.serialize_entry("revision", &lock.revision)?;
-        map.serialize_entry("locked_at", &lock.locked_at.map(locker_protocol::timestamp))?;
+        map.serialize_entry("locked_at", &lock.locked_at.map(timestamp))?;
+        map.serialize_entry("token", &lock.token)?;
         if with_requests {
             map.serialize_entry("requests", &lock.requests)?;
         }
@@ -109,14 +172,35 @@ impl Serialize for StoredLockView<'_> {
     }
 }
 
-/// Holders as a map, requestor to count.
-struct HoldersView<'a>(&'a crate::domain::Holders);
+/// Holders as a list; what is unknown or empty is left out.
+struct HoldersView<'a>(&'a Holders);
 
 impl Serialize for HoldersView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (requestor, count) in self.0.iter() {
-            map.serialize_entry(requestor, &count)?;
+        let mut list = s.serialize_seq(Some(self.0.len()))?;
+        for holder in self.0.entries() {
+            list.serialize_element(&HolderView(holder))?;
+        }
+        list.end()
+    }
+}
+
+struct HolderView<'a>(&'a Holder);
+
+impl Serialize for HolderView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("requestor", &h.requestor)?;
+        map.serialize_entry("count", &h.count)?;
+        if let Some(since) = h.since {
+            map.serialize_entry("since", &timestamp(since))?;
+        }
+        if let Some(at) = h.expires_at {
+            map.serialize_entry("expires_at", &timestamp(at))?;
+        }
+        if !h.owner.is_empty() {
+            map.serialize_entry("owner", &h.owner)?;
         }
         map.end()
     }

@@ -238,11 +238,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn batch(table: &mut LockTable, name: &str, op: Op) -> Changes {
-        let claim = Claim {
-            key: "k".into(),
-            requestor: "r".into(),
-            request_id: None,
-        };
+        let claim = Claim::new("k", "r");
         let mut b = table.batch();
         b.apply(name, op, &claim, SystemTime::UNIX_EPOCH);
         let changes = b.into_changes();

@@ -43,14 +43,15 @@ impl Backend for FileBackend {
         &self.table
     }
 
-    /// Decides the batch on the table in memory, appends its changes to the journal with one
-    /// fsync, and only then takes them into the table.
+    /// Expires what is due, decides the batch on the table in memory, appends its changes to
+    /// the journal with one fsync, and only then takes them into the table.
     fn decide_and_commit(
         &mut self,
         requests: &[Request],
         now: SystemTime,
     ) -> Result<Committed, CommitError> {
         let mut batch = self.table.batch();
+        batch.expire_due(now);
         let decisions = requests
             .iter()
             .map(|r| batch.apply(&r.name, r.op, &r.claim, now))

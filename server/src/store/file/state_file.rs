@@ -4,13 +4,16 @@
 //! which is YAML too), and an end line that shows the file is complete:
 //!
 //! ```yaml
-//! version: 1
+//! version: 2
 //! revision: 42
 //! locks:
-//!   "prod": {"key":"deploy-1","locked_by":{"pipeline-a":1},"revision":42,"locked_at":"2026-11-27T10:00:00.123Z"}
-//!   "staging": {"key":"","locked_by":{},"revision":40,"locked_at":null}
+//!   "prod": {"key":"deploy-1","holders":[{"requestor":"pipeline-a","count":1,"since":"2026-11-27T10:00:00.123Z","expires_at":"2026-11-27T11:00:00.123Z","owner":{"job":"deploy"}}],"revision":42,"locked_at":"2026-11-27T10:00:00.123Z","token":42}
+//!   "staging": {"key":"","holders":[],"revision":40,"locked_at":null,"token":null}
 //! # end of locker state file
 //! ```
+//!
+//! Version 1 files (and journals), which had `"locked_by":{"pipeline-a":1}` in place of
+//! `holders` and no `token`, are read too and rewritten as version 2 by the next compaction.
 //!
 //! Any YAML of the same shape is read too (a hand-edited file, say); the one-line form is
 //! only what this server writes, because it is quick to write and to read back.
@@ -39,7 +42,7 @@ use super::journal::{self, Journal};
 use crate::domain::{Changes, Holders, Lock, LockTable};
 
 /// The format version this server writes and reads.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// The last line of every state file this server writes. A file cut short anywhere (by a copy,
 /// a full disk or a careless edit) lacks it, even where what is left still parses as YAML.
@@ -379,8 +382,9 @@ fn merged<'a>(
 /// hold every event of a large file in memory at once). Returns `None` for anything else,
 /// such as a hand-edited file, which then goes through the full YAML parser.
 fn parse_canonical<L: AsRef<str>>(mut lines: impl Iterator<Item = L>) -> Option<LockTable> {
-    if lines.next()?.as_ref() != format!("version: {VERSION}") {
-        return None;
+    match lines.next()?.as_ref() {
+        "version: 1" | "version: 2" => {}
+        _ => return None,
     }
     let revision: u64 = lines
         .next()?
@@ -430,10 +434,10 @@ fn check_table(table: &LockTable) -> Result<(), ParseError> {
 /// Reads any YAML of the state file's shape (a hand-edited file, say).
 fn parse_yaml(text: &str) -> Result<LockTable, ParseError> {
     let stored: StoredState = serde_norway::from_str(text)
-        .map_err(|e| ParseError::Invalid(format!("it is not a valid version 1 file: {e}")))?;
-    if stored.version != VERSION {
+        .map_err(|e| ParseError::Invalid(format!("it is not a valid locker state file: {e}")))?;
+    if !(1..=VERSION).contains(&stored.version) {
         return Err(ParseError::Invalid(format!(
-            "it has version {}, and this server reads version {VERSION} only",
+            "it has version {}, and this server reads versions 1 to {VERSION} only",
             stored.version
         )));
     }
@@ -467,16 +471,17 @@ fn parse(bytes: &[u8]) -> Result<(LockTable, Format), ParseError> {
         let locks = legacy.0.into_iter().map(|(name, l)| {
             let locked_by: Holders = l.locked_by.0.into_iter().collect();
             // The original cleared the key only on some paths; no holders means free.
-            let key = if locked_by.is_empty() {
-                String::new()
+            let (key, token) = if locked_by.is_empty() {
+                (String::new(), None)
             } else {
-                l.key
+                (l.key, Some(0))
             };
             let lock = Lock {
                 key,
                 locked_by,
                 revision: 0,
                 locked_at: None,
+                token,
                 requests: Vec::new(),
             };
             (name, lock)
@@ -562,9 +567,8 @@ mod tests {
         ];
         for (i, name) in names.iter().enumerate() {
             let claim = Claim {
-                key: name.to_string(),
-                requestor: format!("{name}-{i}"),
                 request_id: Some(format!("req-\"{i}\"-'#:{{}}")),
+                ..Claim::new(name.to_string(), format!("{name}-{i}"))
             };
             table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }
@@ -577,11 +581,7 @@ mod tests {
     #[test]
     fn changes_are_laid_over_the_table() {
         let mut table = LockTable::default();
-        let claim = Claim {
-            key: "k".into(),
-            requestor: "r".into(),
-            request_id: None,
-        };
+        let claim = Claim::new("k", "r");
         table.apply("b", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         let mut batch = table.batch();
         batch.apply("a", Op::Lock, &claim, SystemTime::UNIX_EPOCH);
@@ -619,11 +619,7 @@ mod tests {
             "'q'",
         ];
         for (i, text) in texts.iter().enumerate() {
-            let claim = Claim {
-                key: text.to_string(),
-                requestor: format!("{text}-{i}"),
-                request_id: None,
-            };
+            let claim = Claim::new(text.to_string(), format!("{text}-{i}"));
             // Control characters are refused in names (not in imported keys or requestors).
             let name = match names::check_text("name", text) {
                 Ok(()) => text.to_string(),
@@ -652,11 +648,7 @@ mod tests {
     fn a_file_cut_short_anywhere_is_refused() {
         let mut table = LockTable::default();
         for name in ["a", "b"] {
-            let claim = Claim {
-                key: "k".into(),
-                requestor: "r".into(),
-                request_id: None,
-            };
+            let claim = Claim::new("k", "r");
             table.apply(name, Op::Lock, &claim, SystemTime::UNIX_EPOCH);
         }
         let text = String::from_utf8(render(&table, &Changes::default(), 0).unwrap()).unwrap();
@@ -684,13 +676,13 @@ mod tests {
     #[test]
     fn wrong_shapes_are_refused_with_the_reason() {
         let cases = [
-            ("version: 2\nrevision: 0\nlocks: {}\n", "version 2"),
+            ("version: 3\nrevision: 0\nlocks: {}\n", "version 3"),
             ("version: 1\nrevision: 0\n", "missing field `locks`"),
             (
                 "version: 1\nrevision: 0\nlocks: {}\nextra: 1\n",
                 "unknown field `extra`",
             ),
-            ("- a\n- b\n", "not a valid version 1 file"),
+            ("- a\n- b\n", "not a valid locker state file"),
             (
                 "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {r: 1}, revision: 1, locked_at: null}\n",
                 "empty key",
@@ -708,7 +700,7 @@ mod tests {
                 "original server's JSON",
             ),
             (r#"{"a": 1}"#, "original server's JSON"),
-            ("\u{0}\u{1}garbage", "not a valid version 1 file"),
+            ("\u{0}\u{1}garbage", "not a valid locker state file"),
             (
                 "version: 1\nrevision: 1\nlocks:\n  a: {key: '', locked_by: {}, revision: 1, locked_at: null, requests: ['a b']}\n",
                 "visible ASCII",
