@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 
-/// The most the server keeps of an `owner` object (its JSON, in bytes); see [`BuildEnv::owner`].
-pub const MAX_OWNER_BYTES: usize = 4096;
+use locker_protocol::{MAX_OWNER_BYTES, MAX_OWNER_FIELDS};
 
 /// Concourse's build variables; the job and pipeline ones are absent in one-off builds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,21 +102,26 @@ impl BuildEnv {
     /// The claim's `owner` for the server: the fields of [`OWNER_FIELDS`] that are known, and
     /// `build_url` from [`BuildEnv::url`]; empty when nothing is known (then no owner is sent).
     ///
-    /// The server refuses an owner over [`MAX_OWNER_BYTES`]; a field that would take it over is
-    /// left out, so that an unusually long name costs a detail of the log, not the lock.
+    /// The server refuses an owner whose names and values add up to more than
+    /// [`MAX_OWNER_BYTES`], and values with control characters; such a field is left out, so
+    /// that an odd name costs a detail of the log, not the lock.
     pub fn owner(&self) -> BTreeMap<String, String> {
         let known = OWNER_FIELDS.iter().filter_map(|(field, variable)| {
             let value = match *variable {
                 "BUILD_URL" => self.url(),
                 variable => self.variable(variable).cloned(),
             };
-            value.map(|value| (field.to_string(), value))
+            value
+                .filter(|value| !value.contains(char::is_control))
+                .map(|value| (*field, value))
         });
         let mut owner = BTreeMap::new();
+        let mut bytes = 0;
         for (field, value) in known {
-            owner.insert(field.clone(), value);
-            if serde_json::to_string(&owner).map_or(0, |json| json.len()) > MAX_OWNER_BYTES {
-                owner.remove(&field);
+            let size = field.len() + value.len();
+            if bytes + size <= MAX_OWNER_BYTES {
+                bytes += size;
+                owner.insert(field.to_owned(), value);
             }
         }
         owner
@@ -170,8 +174,9 @@ impl BuildEnv {
     }
 }
 
-/// The `owner` fields the resource sends, in the server's words, and the build variable each
-/// comes from (`build_url` is made by [`BuildEnv::url`] when Concourse does not set it).
+/// The `owner` fields the resource sends (well under the server's [`MAX_OWNER_FIELDS`]), in
+/// the server's words, and the build variable each comes from (`build_url` is made by
+/// [`BuildEnv::url`] when Concourse does not set it).
 pub const OWNER_FIELDS: [(&str, &str); 7] = [
     ("team", "BUILD_TEAM_NAME"),
     ("pipeline", "BUILD_PIPELINE_NAME"),
@@ -181,6 +186,7 @@ pub const OWNER_FIELDS: [(&str, &str); 7] = [
     ("build_url", "BUILD_URL"),
     ("atc_url", "ATC_EXTERNAL_URL"),
 ];
+const _: () = assert!(OWNER_FIELDS.len() <= MAX_OWNER_FIELDS);
 
 /// Percent-encodes all but RFC 3986's unreserved characters, so that a name with `/`, `?`,
 /// `#` or spaces stays one path segment (or one query value) of a link.
@@ -363,13 +369,20 @@ mod tests {
         vars.retain(|(name, _)| *name != "BUILD_JOB_NAME");
         vars.push(("BUILD_JOB_NAME", &long));
         let owner = env(&vars).owner();
-        let size = serde_json::to_string(&owner).unwrap().len();
+        let size: usize = owner.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(
             size <= MAX_OWNER_BYTES,
             "the owner must fit the server's limit, got {size} bytes"
         );
         assert!(!owner.contains_key("job"), "the field too long is left out");
         assert_eq!(owner.get("team").map(String::as_str), Some("main"));
+
+        let odd = env(&[("BUILD_NAME", "4\n2"), ("BUILD_ID", "7")]).owner();
+        assert_eq!(
+            odd,
+            BTreeMap::from([("build_id".to_owned(), "7".to_owned())]),
+            "a value with a control character, which the server refuses, is left out"
+        );
     }
 
     #[test]

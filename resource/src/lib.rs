@@ -63,8 +63,8 @@ pub enum Error {
     },
     /// A renew found no claim of this requestor: its lease ran out or it never locked.
     #[error(
-        "could not renew '{name}': {message} (the claim expired or was never taken, and another \
-         build may have held the lock since: take it again with lock_op: lock)"
+        "could not renew '{name}': {message} (with lock_op: lock; another build may have held it \
+         in between)"
     )]
     NotHeld {
         /// The lock.

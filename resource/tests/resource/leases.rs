@@ -104,7 +104,8 @@ fn renew_of_a_claim_that_is_gone_fails_with_the_servers_message() {
     let error = out(&source, params("renew")).error();
     assert!(
         error.starts_with("error: could not renew 'env': ")
-            && error.contains("the claim expired or was never taken"),
+            && error.contains("holds no claim")
+            && error.contains("another build may have held it in between"),
         "expected the 409 explained, got: {error}"
     );
     assert!(
