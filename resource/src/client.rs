@@ -5,16 +5,21 @@
 //! are worth retrying ([`RequestError::is_transient`]): a server that restarts or is briefly
 //! unreachable must not fail a waiting build, while a bad certificate or a 401 will not heal.
 //! Which server certificates are trusted, and the words for one that is not, is [`crate::tls`].
+//!
+//! The lock is read from the server's JSON with every field optional: a server without leases
+//! (the original one, or this one before them) sends no `token` and no `holders`, and the
+//! resource treats them as absent. Request bodies carry `ttl` and `owner` only when there is
+//! one, so a body without them is the one older servers know.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value, json};
 use thiserror::Error;
 use ureq::tls::{PemItem, TlsConfig};
 
@@ -47,9 +52,65 @@ pub struct Lock {
     /// When the current key took the lock (RFC 3339), `None` when free.
     #[serde(default)]
     pub locked_at: Option<String>,
+    /// The fencing token: it grows each time a key takes the free lock, so whatever the holder
+    /// protects can refuse a write carrying an older one. `None` when free, or from a server
+    /// without leases.
+    #[serde(default)]
+    pub token: Option<u64>,
+    /// Who holds the lock, one entry per requestor sorted by requestor; empty when free, or
+    /// from a server without leases (see [`Lock::locked_by`] then).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub holders: Vec<Holder>,
     /// The object exactly as the server sent it, fields this version does not know included.
     #[serde(skip)]
     pub json: Value,
+}
+
+/// One requestor's claims on a lock, as a server with leases describes them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Holder {
+    /// Who claims.
+    pub requestor: String,
+    /// How many claims.
+    #[serde(default)]
+    pub count: u64,
+    /// When the requestor first claimed (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// When the requestor's claims expire unless renewed (RFC 3339); `None`: held until
+    /// unlocked.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// The build that claimed, as its `lock` sent it (see [`crate::BuildEnv::owner`]).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub owner: BTreeMap<String, String>,
+}
+
+impl Holder {
+    /// The holder for a log line: the build when its owner names one,
+    /// `main/prod/deploy #12 (https://...) as 'deploy-12' (1 claim)`, else `'deploy-12' (1 claim)`.
+    pub fn describe(&self) -> String {
+        let build = crate::BuildEnv::from_owner(&self.owner);
+        let claims = claims_text(self.count);
+        if build.is_known() {
+            format!("{} as '{}' ({claims})", build.describe(), self.requestor)
+        } else {
+            format!("'{}' ({claims})", self.requestor)
+        }
+    }
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn claims_text(count: u64) -> String {
+    let plural = if count == 1 { "" } else { "s" };
+    format!("{count} claim{plural}")
 }
 
 impl Lock {
@@ -64,38 +125,113 @@ impl Lock {
         self.key.is_empty() || self.locked_by.is_empty()
     }
 
-    /// The holders as a JSON object (`{"build-7": 2}`), as shown in metadata and files.
-    pub fn holders_json(&self) -> String {
+    /// Whether the server describes holders, as a server with leases (and `ttl`) does.
+    pub fn server_has_leases(&self) -> bool {
+        self.json.get("holders").is_some()
+    }
+
+    /// The entry of one requestor, when the server gives holders and it holds the lock.
+    pub fn holder(&self, requestor: &str) -> Option<&Holder> {
+        self.holders
+            .iter()
+            .find(|holder| holder.requestor == requestor)
+    }
+
+    /// When the lock's lease ends, unless renewed: the latest `expires_at` of its holders.
+    /// `None` when it is free, when a holder took it without a ttl (it is held until
+    /// unlocked), or when the server has no leases.
+    pub fn lease_ends(&self) -> Option<&str> {
+        let mut latest: Option<(SystemTime, &str)> = None;
+        for holder in &self.holders {
+            let text = holder.expires_at.as_deref()?;
+            let at = humantime::parse_rfc3339_weak(text).ok()?;
+            if latest.is_none_or(|(time, _)| at > time) {
+                latest = Some((at, text));
+            }
+        }
+        latest.map(|(_, text)| text)
+    }
+
+    /// Requestor to claims as JSON (`{"build-7": 2}`): the `locked_by` file and the `holders`
+    /// metadata.
+    pub fn locked_by_json(&self) -> String {
         serde_json::to_string(&self.locked_by).unwrap_or_default()
     }
 
-    /// The holders for a log line: `'build-7' (2 claims), 'build-8' (1 claim)`.
+    /// The server's `holders` list as JSON, `[]` from a server without leases: the `holders`
+    /// file.
+    pub fn holders_json(&self) -> String {
+        let holders = self
+            .json
+            .get("holders")
+            .filter(|holders| !holders.is_null());
+        holders.map_or_else(|| "[]".to_owned(), Value::to_string)
+    }
+
+    /// The holders for a log line, naming the builds when their owners are known:
+    /// `main/prod/deploy #12 (https://...) as 'build-12' (1 claim), 'build-8' (2 claims)`.
     pub fn holders_text(&self) -> String {
+        if !self.holders.is_empty() {
+            return self
+                .holders
+                .iter()
+                .map(Holder::describe)
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
         if self.locked_by.is_empty() {
             return "nobody".to_owned();
         }
         self.locked_by
             .iter()
-            .map(|(who, count)| {
-                let plural = if *count == 1 { "" } else { "s" };
-                format!("'{who}' ({count} claim{plural})")
-            })
+            .map(|(who, count)| format!("'{who}' ({})", claims_text(*count)))
             .collect::<Vec<_>>()
             .join(", ")
     }
 }
 
 /// A claim on a lock: the key and who claims with it, and the id its retries share.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Claim<'a> {
     /// The key.
     pub key: &'a str,
     /// The requestor.
     pub locked_by: &'a str,
-    /// Sent as `Idempotency-Key`: one id for every attempt of one lock or unlock, so that a
-    /// retry after a lost answer does not claim or release a second time.
-    #[serde(skip)]
+    /// The lease: a `lock` or `renew` asks the server to end the requestor's claims this long
+    /// from now unless renewed.
+    pub ttl: Option<Duration>,
+    /// The claiming build, sent with a `lock` (see [`crate::BuildEnv::owner`]); not sent when
+    /// `None` or empty.
+    pub owner: Option<&'a BTreeMap<String, String>>,
+    /// Sent as `Idempotency-Key`: one id for every attempt of one lock, unlock or renew, so
+    /// that a retry after a lost answer does not claim or release a second time.
     pub request_id: &'a str,
+}
+
+impl Claim<'_> {
+    /// The request body: `{"key", "locked_by"}`, plus `ttl` and `owner` when there is one.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("key".to_owned(), json!(self.key));
+        body.insert("locked_by".to_owned(), json!(self.locked_by));
+        if let Some(ttl) = self.ttl {
+            body.insert("ttl".to_owned(), ttl_json(ttl));
+        }
+        if let Some(owner) = self.owner.filter(|owner| !owner.is_empty()) {
+            body.insert("owner".to_owned(), json!(owner));
+        }
+        Value::Object(body)
+    }
+}
+
+/// A ttl as the server reads it: whole seconds as a number (`1800`), anything finer as a
+/// duration string (`"1s 500ms"`).
+fn ttl_json(ttl: Duration) -> Value {
+    if ttl.subsec_nanos() == 0 {
+        json!(ttl.as_secs())
+    } else {
+        json!(humantime::format_duration(ttl).to_string())
+    }
 }
 
 /// A fresh request id: 128 random bits in hex.
@@ -103,7 +239,7 @@ pub fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// The server's answer to a lock or unlock.
+/// The server's answer to a lock, unlock or renew.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimAnswer {
     /// 200: done; `lock` is the state after the change.
@@ -116,6 +252,13 @@ pub enum ClaimAnswer {
     /// 423: another key holds the lock.
     Locked {
         /// The server's `error` text, naming who holds it.
+        message: String,
+        /// The lock as it is.
+        lock: Lock,
+    },
+    /// 409 (to a renew): the requestor holds no claim to renew; it expired or was never taken.
+    NotHeld {
+        /// The server's `error` text.
         message: String,
         /// The lock as it is.
         lock: Lock,
@@ -304,6 +447,12 @@ impl LockerClient {
         self.send_claim(&url, self.agent.delete(&url).force_send_body(), claim)
     }
 
+    /// `POST /lock/{name}/renew`: move the requestor's deadline to now + `claim.ttl`.
+    pub fn renew(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
+        let url = format!("{}/renew", self.lock_url(name));
+        self.send_claim(&url, self.agent.post(&url), claim)
+    }
+
     /// Sends `claim` as the body of `request`, with its request id.
     fn send_claim(
         &self,
@@ -313,8 +462,8 @@ impl LockerClient {
     ) -> Result<ClaimAnswer, RequestError> {
         let request = self
             .prepare(request)
-            .header("Idempotency-Key", claim.request_id);
-        claim_answer(url, request.send_json(claim))
+            .header(locker_protocol::IDEMPOTENCY_KEY, claim.request_id);
+        claim_answer(url, request.send_json(claim.body()))
     }
 
     fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -392,7 +541,7 @@ fn claim_answer(
     sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<ClaimAnswer, RequestError> {
     let (status, body) = exchange(url, sent)?;
-    if status != 200 && status != 423 {
+    if !matches!(status, 200 | 409 | 423) {
         return Err(status_error(url, status, &body));
     }
     let json = parse_json(url, status, &body)?;
@@ -407,10 +556,10 @@ fn claim_answer(
         .cloned()
         .ok_or_else(|| bad_answer(url, status, "it has no \"lock\""))
         .and_then(|lock| Lock::from_json(lock).map_err(|err| bad_answer(url, status, err)))?;
-    Ok(if status == 200 {
-        ClaimAnswer::Done { message, lock }
-    } else {
-        ClaimAnswer::Locked { message, lock }
+    Ok(match status {
+        200 => ClaimAnswer::Done { message, lock },
+        409 => ClaimAnswer::NotHeld { message, lock },
+        _ => ClaimAnswer::Locked { message, lock },
     })
 }
 
@@ -591,7 +740,7 @@ mod tests {
         assert_eq!(lock.revision, 7);
         assert_eq!(lock.json, json);
         assert!(!lock.is_free());
-        assert_eq!(lock.holders_json(), r#"{"a":2,"b":1}"#);
+        assert_eq!(lock.locked_by_json(), r#"{"a":2,"b":1}"#);
         assert_eq!(lock.holders_text(), "'a' (2 claims), 'b' (1 claim)");
 
         let free =
@@ -611,5 +760,116 @@ mod tests {
         std::fs::write(dir.path().join("junk"), "not a certificate").unwrap();
         assert_eq!(certificates_in_dir(dir.path()).len(), 1);
         assert!(certificates_in_dir(&dir.path().join("missing")).is_empty());
+    }
+
+    fn claim<'a>(ttl: Option<Duration>, owner: Option<&'a BTreeMap<String, String>>) -> Claim<'a> {
+        Claim {
+            key: "k",
+            locked_by: "r",
+            ttl,
+            owner,
+            request_id: "id",
+        }
+    }
+
+    #[test]
+    fn a_body_without_ttl_or_owner_is_the_original_shape() {
+        assert_eq!(
+            claim(None, None).body(),
+            json!({"key": "k", "locked_by": "r"})
+        );
+        let nobody = BTreeMap::new();
+        assert_eq!(
+            claim(None, Some(&nobody)).body(),
+            json!({"key": "k", "locked_by": "r"}),
+            "an empty owner is not sent"
+        );
+    }
+
+    #[test]
+    fn a_body_carries_ttl_in_seconds_and_the_owner() {
+        let owner = BTreeMap::from([
+            ("job".to_owned(), "deploy".to_owned()),
+            ("build".to_owned(), "42".to_owned()),
+        ]);
+        assert_eq!(
+            claim(Some(Duration::from_secs(1800)), Some(&owner)).body(),
+            json!({"key": "k", "locked_by": "r", "ttl": 1800,
+                   "owner": {"job": "deploy", "build": "42"}})
+        );
+        assert_eq!(
+            claim(Some(Duration::from_millis(1500)), None).body()["ttl"],
+            json!("1s 500ms"),
+            "a ttl finer than seconds is sent as a duration string"
+        );
+    }
+
+    fn leased_lock() -> Value {
+        json!({
+            "key": "K", "locked_by": {"a": 1, "b": 2}, "revision": 9,
+            "locked_at": "2026-12-02T09:00:00.000Z", "token": 17,
+            "holders": [
+                {"requestor": "a", "count": 1, "since": "2026-12-02T09:00:00.000Z",
+                 "expires_at": "2026-12-02T10:00:00.000Z",
+                 "owner": {"team": "main", "pipeline": "prod", "job": "deploy", "build": "42",
+                           "build_url": "https://ci/teams/main/pipelines/prod/jobs/deploy/builds/42"}},
+                {"requestor": "b", "count": 2, "since": "2026-12-02T09:05:00.000Z",
+                 "expires_at": "2026-12-02T11:30:00.000Z", "owner": {}}
+            ]
+        })
+    }
+
+    #[test]
+    fn a_leased_lock_names_its_token_holders_and_lease_end() {
+        let lock = Lock::from_json(leased_lock()).unwrap();
+        assert!(lock.server_has_leases());
+        assert_eq!(lock.token, Some(17));
+        assert_eq!(lock.holders.len(), 2);
+        assert_eq!(
+            lock.holder("a").and_then(|h| h.expires_at.as_deref()),
+            Some("2026-12-02T10:00:00.000Z")
+        );
+        assert_eq!(
+            lock.lease_ends(),
+            Some("2026-12-02T11:30:00.000Z"),
+            "the lock's lease ends with its last holder's"
+        );
+        assert_eq!(
+            lock.holders_text(),
+            "main/prod/deploy #42 (https://ci/teams/main/pipelines/prod/jobs/deploy/builds/42) \
+             as 'a' (1 claim), 'b' (2 claims)"
+        );
+        assert_eq!(lock.holders_json(), leased_lock()["holders"].to_string());
+    }
+
+    #[test]
+    fn a_holder_without_ttl_means_the_lock_has_no_lease_end() {
+        let mut json = leased_lock();
+        json["holders"][1]["expires_at"] = Value::Null;
+        let lock = Lock::from_json(json).unwrap();
+        assert_eq!(
+            lock.lease_ends(),
+            None,
+            "'b' holds the lock until it unlocks, whatever 'a' does"
+        );
+    }
+
+    #[test]
+    fn a_lock_from_a_server_without_leases_has_no_token_or_holders() {
+        let json = json!({"key": "k", "locked_by": {"a": 1}, "revision": 3,
+                          "locked_at": "2024-01-01T00:00:00Z"});
+        let lock = Lock::from_json(json).unwrap();
+        assert!(!lock.server_has_leases());
+        assert_eq!(lock.token, None);
+        assert!(lock.holders.is_empty());
+        assert_eq!(lock.lease_ends(), None);
+        assert_eq!(lock.holders_json(), "[]");
+        assert_eq!(lock.holders_text(), "'a' (1 claim)");
+
+        let nulls = json!({"key": "", "locked_by": {}, "revision": 0, "locked_at": null,
+                           "token": null, "holders": null});
+        let lock = Lock::from_json(nulls).unwrap();
+        assert_eq!(lock.token, None);
+        assert!(lock.holders.is_empty(), "null holders read as none");
     }
 }

@@ -25,10 +25,12 @@ pub const MAX_LOCK_NAME_BYTES: usize = locker_protocol::names::MAX_LEN;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Longest wait between attempts when the pipeline does not say.
 pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-/// How long `unlock` retries a server that cannot be reached when the pipeline does not say.
-pub const DEFAULT_UNLOCK_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long `unlock` and `renew` retry a server that cannot be reached when the pipeline does
+/// not say.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(600);
 
 const DURATION_FORMS: &str = "a duration like 500ms, 10s, 5m or 1h";
+const TTL_FORMS: &str = "a duration like 90s, 30m or 2h, or a number of seconds";
 
 /// A configuration mistake, worded for the pipeline author.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -107,6 +109,9 @@ pub struct Source {
     pub lock: LockTarget,
     /// Waits between attempts, unless a put's params override them.
     pub retry: RetryDelays,
+    /// How long a claim lasts unless renewed, unless a put's params say otherwise; `None`:
+    /// claims last until unlocked.
+    pub ttl: Option<Duration>,
 }
 
 /// The keys `source` accepts, in the order an unknown key's message lists them.
@@ -122,6 +127,7 @@ struct SourceKeys {
     skip_ssl_validation: Option<bool>,
     retry_delay: Option<WrittenDuration>,
     max_retry_delay: Option<WrittenDuration>,
+    ttl: Option<WrittenTtl>,
 }
 
 impl Source {
@@ -184,6 +190,7 @@ impl Source {
             skip_ssl_validation: keys.skip_ssl_validation.unwrap_or(false),
             lock,
             retry,
+            ttl: keys.ttl.map(|WrittenTtl(ttl)| ttl),
         })
     }
 }
@@ -195,6 +202,8 @@ pub enum LockOp {
     Lock,
     /// Release one claim.
     Unlock,
+    /// Move the deadline of a claim taken earlier (with a `ttl`) to now + `ttl`.
+    Renew,
 }
 
 impl LockOp {
@@ -203,6 +212,7 @@ impl LockOp {
         match self {
             LockOp::Lock => "lock",
             LockOp::Unlock => "unlock",
+            LockOp::Renew => "renew",
         }
     }
 }
@@ -210,18 +220,21 @@ impl LockOp {
 /// The `params` of a put step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutParams {
-    /// Lock or unlock.
+    /// Lock, unlock or renew.
     pub lock_op: LockOp,
     /// The key that claims the lock.
     pub key: String,
     /// Who claims it, as given (`locked_by` or `lock_by`); see [`OutParams::requestor`].
     pub locked_by: Option<String>,
-    /// How long to wait for the lock, or to retry an unreachable server when unlocking.
+    /// How long to wait for the lock, or to retry an unreachable server when unlocking or
+    /// renewing.
     pub timeout: Option<Duration>,
     /// Overrides `source.retry_delay`.
     pub retry_delay: Option<Duration>,
     /// Overrides `source.max_retry_delay`.
     pub max_retry_delay: Option<Duration>,
+    /// Overrides `source.ttl`; see [`OutParams::lease_ttl`].
+    pub ttl: Option<Duration>,
 }
 
 /// The keys a put's `params` accepts, in the order an unknown key's message lists them.
@@ -235,6 +248,7 @@ struct OutParamKeys {
     timeout: Option<WrittenDuration>,
     retry_delay: Option<WrittenDuration>,
     max_retry_delay: Option<WrittenDuration>,
+    ttl: Option<WrittenTtl>,
 }
 
 impl OutParams {
@@ -242,11 +256,15 @@ impl OutParams {
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
         let keys: OutParamKeys =
             read_section("params", value, "a put needs at least lock_op and key")?;
-        let lock_op = required(keys.lock_op, "lock or unlock")
+        let lock_op = required(keys.lock_op, "lock, unlock or renew")
             .and_then(|op| match op.as_str() {
                 "lock" => Ok(LockOp::Lock),
                 "unlock" => Ok(LockOp::Unlock),
-                other => Err(format!("must be lock or unlock (got {})", quoted(other))),
+                "renew" => Ok(LockOp::Renew),
+                other => Err(format!(
+                    "must be lock, unlock or renew (got {})",
+                    quoted(other)
+                )),
             })
             .map_err(at("params", "lock_op"))?;
         let hint = "the key that claims the lock, like the build's environment";
@@ -276,6 +294,15 @@ impl OutParams {
         if let (Some(first), Some(max)) = (retry_delay, max_retry_delay) {
             check_delay_order("params", RetryDelays { first, max })?;
         }
+        let ttl = keys.ttl.map(|WrittenTtl(ttl)| ttl);
+        if lock_op == LockOp::Unlock && ttl.is_some() {
+            // Not ignored: whoever wrote it expects something of it, and unlock has no lease
+            // to set.
+            return Err(ConfigError::Conflict(
+                "params.ttl has no effect on unlock, which ends the claim: leave it out \
+                 (set it on the lock or renew step)",
+            ));
+        }
         Ok(Self {
             lock_op,
             key,
@@ -283,7 +310,22 @@ impl OutParams {
             timeout: keys.timeout.map(|WrittenDuration(timeout)| timeout),
             retry_delay,
             max_retry_delay,
+            ttl,
         })
+    }
+
+    /// The lease this put asks for: `params.ttl` over `source.ttl`. `lock` sends it when there
+    /// is one; `renew` needs one; `unlock` has none.
+    pub fn lease_ttl(&self, source: &Source) -> Result<Option<Duration>, ConfigError> {
+        let ttl = self.ttl.or(source.ttl);
+        match self.lock_op {
+            LockOp::Lock => Ok(ttl),
+            LockOp::Unlock => Ok(None),
+            LockOp::Renew => ttl.map(Some).ok_or(ConfigError::Conflict(
+                "lock_op renew needs a ttl, the lease's new length from now: set params.ttl \
+                 or source.ttl, like 30m",
+            )),
+        }
     }
 
     /// Who claims the lock: `locked_by` when given, otherwise the key.
@@ -483,6 +525,75 @@ impl de::Visitor<'_> for DurationVisitor {
                     quoted(text)
                 ))
             })
+    }
+}
+
+/// A lease as pipelines write it: a duration string or a number of seconds, longer than zero.
+/// How long the server allows is the server's to say (7 days unless configured).
+struct WrittenTtl(Duration);
+
+impl<'de> Deserialize<'de> for WrittenTtl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TtlVisitor)
+    }
+}
+
+/// Reads a [`WrittenTtl`]; `expecting` words the message for a boolean, a list, ...
+struct TtlVisitor;
+
+impl TtlVisitor {
+    fn positive<E: de::Error>(ttl: Duration, written: &str) -> Result<WrittenTtl, E> {
+        if ttl.is_zero() {
+            return Err(E::custom(format!(
+                "must be longer than zero, like 30m (got {written})"
+            )));
+        }
+        Ok(WrittenTtl(ttl))
+    }
+}
+
+impl de::Visitor<'_> for TtlVisitor {
+    type Value = WrittenTtl;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(TTL_FORMS)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<WrittenTtl, E> {
+        let ttl = duration::parse(text).map_err(|problem| {
+            E::custom(format!(
+                "must be {TTL_FORMS} (got {}: {problem})",
+                quoted(text)
+            ))
+        })?;
+        Self::positive(ttl, &quoted(text))
+    }
+
+    fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<WrittenTtl, E> {
+        Self::positive(Duration::from_secs(seconds), &seconds.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<WrittenTtl, E> {
+        match u64::try_from(seconds) {
+            Ok(seconds) => self.visit_u64(seconds),
+            Err(_) => Err(E::custom(format!(
+                "must be longer than zero, like 30m (got {seconds})"
+            ))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, seconds: f64) -> Result<WrittenTtl, E> {
+        if seconds <= 0.0 {
+            return Err(E::custom(format!(
+                "must be longer than zero, like 30m (got {seconds})"
+            )));
+        }
+        let ttl = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            E::custom(format!(
+                "must be {TTL_FORMS} (got {seconds}: it is too long)"
+            ))
+        })?;
+        Self::positive(ttl, &seconds.to_string())
     }
 }
 

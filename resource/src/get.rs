@@ -3,6 +3,11 @@
 //! It never fails because the lock moved on since the requested version was made: the implicit
 //! get after every put must not break a pipeline. It echoes the requested version and describes
 //! the lock as it is now.
+//!
+//! Every file is always written, empty when there is nothing to say (as `key` is when the lock
+//! is free), so a task can read one without first testing that it exists: `token` and
+//! `expires_at` are empty when the lock is free, was taken without a ttl, or the server has no
+//! leases; `holders` is `[]` then.
 
 use std::io::Write;
 use std::path::Path;
@@ -37,15 +42,19 @@ pub fn run(
         );
     }
     write_files(dir, &name, &lock)?;
-    Ok(StepOutput {
-        version,
-        metadata: vec![
-            MetadataField::new("lock", name),
-            MetadataField::new("key", lock.key.clone()),
-            MetadataField::new("holders", lock.holders_json()),
-            MetadataField::new("revision", lock.revision.to_string()),
-        ],
-    })
+    let mut metadata = vec![
+        MetadataField::new("lock", name),
+        MetadataField::new("key", lock.key.clone()),
+        MetadataField::new("holders", lock.locked_by_json()),
+        MetadataField::new("revision", lock.revision.to_string()),
+    ];
+    if let Some(token) = lock.token {
+        metadata.push(MetadataField::new("token", token.to_string()));
+    }
+    if let Some(expires_at) = lock.lease_ends() {
+        metadata.push(MetadataField::new("expires_at", expires_at));
+    }
+    Ok(StepOutput { version, metadata })
 }
 
 /// The files `in` leaves for the build's tasks.
@@ -63,7 +72,16 @@ fn write_files(dir: &Path, name: &str, lock: &Lock) -> Result<(), Error> {
     })?;
     write("name", name)?;
     write("key", &lock.key)?;
-    write("locked_by", &lock.holders_json())?;
+    write("locked_by", &lock.locked_by_json())?;
+    write("holders", &lock.holders_json())?;
+    write(
+        "token",
+        &lock
+            .token
+            .map(|token| token.to_string())
+            .unwrap_or_default(),
+    )?;
+    write("expires_at", lock.lease_ends().unwrap_or_default())?;
     write(
         "lock",
         &serde_json::to_string_pretty(&lock.json).unwrap_or_default(),

@@ -8,7 +8,7 @@
 //!   and the words for one that is refused.
 //! - [`backoff`]: full-jitter exponential back-off between attempts.
 //! - [`duration`]: durations as pipelines write them.
-//! - [`build_env`]: the build variables, for log lines.
+//! - [`build_env`]: the build variables, for log lines and the claim's `owner`.
 //! - [`check`], [`get`] and [`put`]: the three commands; `src/bin/{check,in,out}.rs` only read
 //!   stdin, argv and the environment, call these and print.
 
@@ -51,18 +51,42 @@ pub enum Error {
     /// The BOSH director's name could not be read.
     #[error("could not read the lock name from source.bosh_lock: {0}")]
     Director(RequestError),
-    /// The server refused to unlock: another key holds the lock.
-    #[error("could not unlock '{name}': {message}")]
+    /// The server refused to unlock or renew: another key holds the lock.
+    #[error("could not {op} '{name}': {message}")]
     Refused {
+        /// `unlock` or `renew`.
+        op: &'static str,
         /// The lock.
         name: String,
         /// The server's text, naming who holds it.
         message: String,
     },
+    /// A renew found no claim of this requestor: its lease ran out or it never locked.
+    #[error(
+        "could not renew '{name}': {message} (with lock_op: lock; another build may have held it \
+         in between)"
+    )]
+    NotHeld {
+        /// The lock.
+        name: String,
+        /// The server's text.
+        message: String,
+    },
+    /// The server does not know `renew`: it predates leases.
+    #[error(
+        "could not renew '{name}': {cause} (this server has no leases: upgrade it, or remove the \
+         renew step and the ttl)"
+    )]
+    RenewUnknown {
+        /// The lock.
+        name: String,
+        /// The server's answer.
+        cause: RequestError,
+    },
     /// `params.timeout` passed.
     #[error("timed out after {timeout} trying to {op} '{name}': {reason}")]
     TimedOut {
-        /// `lock` or `unlock`.
+        /// `lock`, `unlock` or `renew`.
         op: &'static str,
         /// The lock.
         name: String,

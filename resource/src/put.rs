@@ -1,12 +1,20 @@
-//! `out` (Concourse's put step): lock or unlock, waiting politely.
+//! `out` (Concourse's put step): lock, unlock or renew, waiting politely.
 //!
 //! `lock` claims the lock and, while another key holds it, retries after a full-jitter back-off
-//! ([`crate::backoff`]), logging one line per wait; a server that is down or restarting is waited
-//! for the same way. `unlock` fails at once when another key holds the lock and retries only an
-//! unreachable server. Both stop at `params.timeout` (for `unlock`, 10 minutes by default).
-//! Every attempt carries the same request id (`Idempotency-Key`), so a retry after a lost
-//! answer is recognised by the server and claims or releases nothing a second time.
+//! ([`crate::backoff`]), logging one line per wait that names the holding build and when its
+//! lease ends; a server that is down or restarting is waited for the same way. It sends the
+//! lease (`ttl`) when the pipeline sets one, and the build as the claim's `owner`. `unlock` and
+//! `renew` fail at once when another key holds the lock (`renew` also when the claim is gone)
+//! and retry only an unreachable server. All stop at `params.timeout` (for `unlock` and
+//! `renew`, 10 minutes by default). Every attempt carries the same request id
+//! (`Idempotency-Key`), so a retry after a lost answer is recognised by the server and claims
+//! or releases nothing a second time.
+//!
+//! Older servers keep working: one that refuses `owner` as an unknown field (this server before
+//! leases) is asked again without it, and one that ignores `ttl` (the original server, whose
+//! locks have no `holders`) is named in the log, since its lock lasts until unlocked.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,7 +23,7 @@ use rand::Rng;
 
 use crate::backoff::Backoff;
 use crate::client::{Claim, ClaimAnswer, Lock, LockerClient, RequestError, new_request_id};
-use crate::config::{DEFAULT_UNLOCK_TIMEOUT, LockOp, OutParams, Source};
+use crate::config::{DEFAULT_RETRY_TIMEOUT, LockOp, OutParams, Source};
 use crate::protocol::{MetadataField, Request, StepOutput, Version};
 use crate::{BuildEnv, Error, duration, resolve_lock_name};
 
@@ -24,16 +32,17 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
     let request = Request::from_stdin(input)?;
     let source = Source::from_json(&request.source)?;
     let params = OutParams::from_json(&request.params)?;
+    let ttl = params.lease_ttl(&source)?;
     let name = resolve_lock_name(&source)?;
     let timeout = match params.lock_op {
         LockOp::Lock => params.timeout,
-        LockOp::Unlock => Some(params.timeout.unwrap_or(DEFAULT_UNLOCK_TIMEOUT)),
+        LockOp::Unlock | LockOp::Renew => Some(params.timeout.unwrap_or(DEFAULT_RETRY_TIMEOUT)),
     };
     let started = Instant::now();
     let deadline = timeout.and_then(|timeout| started.checked_add(timeout));
     let client = LockerClient::new(&source)?.with_deadline(deadline);
     let delays = params.retry_delays(&source);
-    let attempts = Attempts {
+    let mut attempts = Attempts {
         op: params.lock_op,
         name: &name,
         timeout,
@@ -46,46 +55,134 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
     let claim = Claim {
         key: &params.key,
         locked_by: params.requestor(),
+        ttl,
+        owner: None,
         request_id: &request_id,
     };
     let _ = writeln!(
         attempts.log,
-        "{} lock '{name}' with key '{}' as '{}' for {}",
+        "{} lock '{name}' with key '{}' as '{}' for {}{}",
         match params.lock_op {
             LockOp::Lock => "taking",
             LockOp::Unlock => "releasing",
+            LockOp::Renew => "renewing",
         },
         claim.key,
         claim.locked_by,
-        build.describe()
+        build.describe(),
+        ttl.map(|ttl| format!(", lease {}", duration::format(ttl)))
+            .unwrap_or_default()
     );
     let lock = match params.lock_op {
-        LockOp::Lock => attempts.run(|| match client.lock(&name, &claim) {
+        LockOp::Lock => lock(&mut attempts, &client, &name, &claim, &build.owner())?,
+        LockOp::Unlock => attempts.run(|| match client.unlock(&name, &claim) {
             Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
-            Ok(ClaimAnswer::Locked { lock, .. }) => Ok(Outcome::Held(lock)),
+            Ok(ClaimAnswer::Locked { message, .. } | ClaimAnswer::NotHeld { message, .. }) => {
+                Err(Error::Refused {
+                    op: "unlock",
+                    name: name.clone(),
+                    message,
+                })
+            }
             Err(err) if err.is_transient() => Ok(Outcome::Unreachable(err)),
             Err(err) => Err(err.into()),
         })?,
-        LockOp::Unlock => attempts.run(|| match client.unlock(&name, &claim) {
+        LockOp::Renew => attempts.run(|| match client.renew(&name, &claim) {
             Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
             Ok(ClaimAnswer::Locked { message, .. }) => Err(Error::Refused {
+                op: "renew",
                 name: name.clone(),
                 message,
+            }),
+            Ok(ClaimAnswer::NotHeld { message, .. }) => Err(Error::NotHeld {
+                name: name.clone(),
+                message,
+            }),
+            // A server without leases has no such route.
+            Err(
+                cause @ RequestError::Status {
+                    status: 404 | 405, ..
+                },
+            ) => Err(Error::RenewUnknown {
+                name: name.clone(),
+                cause,
             }),
             Err(err) if err.is_transient() => Ok(Outcome::Unreachable(err)),
             Err(err) => Err(err.into()),
         })?,
     };
+    let mut metadata = vec![
+        MetadataField::new("lock", name),
+        MetadataField::new("key", params.key.clone()),
+        MetadataField::new("locked_by", params.requestor()),
+        MetadataField::new("lock_op", params.lock_op.as_str()),
+        MetadataField::new("holders", lock.locked_by_json()),
+    ];
+    if let Some(token) = lock.token {
+        metadata.push(MetadataField::new("token", token.to_string()));
+    }
+    let holder = lock.holder(params.requestor());
+    if let Some(expires_at) = holder.and_then(|holder| holder.expires_at.clone()) {
+        metadata.push(MetadataField::new("expires_at", expires_at));
+    }
     Ok(StepOutput {
         version: Version::revision(lock.revision),
-        metadata: vec![
-            MetadataField::new("lock", name),
-            MetadataField::new("key", params.key.clone()),
-            MetadataField::new("locked_by", params.requestor()),
-            MetadataField::new("lock_op", params.lock_op.as_str()),
-            MetadataField::new("holders", lock.holders_json()),
-        ],
+        metadata,
     })
+}
+
+/// Takes the lock, sending the build as `owner` unless the server refuses that field.
+fn lock<R: Rng>(
+    attempts: &mut Attempts<'_, R>,
+    client: &LockerClient,
+    name: &str,
+    claim: &Claim<'_>,
+    owner: &BTreeMap<String, String>,
+) -> Result<Lock, Error> {
+    let mut send_owner = !owner.is_empty();
+    let lock = attempts.run(|| {
+        let claim = Claim {
+            owner: send_owner.then_some(owner),
+            ..claim.clone()
+        };
+        match client.lock(name, &claim) {
+            Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
+            Ok(ClaimAnswer::Locked { lock, .. }) => Ok(Outcome::Held(lock)),
+            Ok(ClaimAnswer::NotHeld { message, .. }) => Err(Error::Refused {
+                op: "lock",
+                name: name.to_owned(),
+                message,
+            }),
+            Err(err) if send_owner && refuses_owner(&err) => {
+                // Nothing was claimed: the server refused the body before deciding anything.
+                send_owner = false;
+                Ok(Outcome::Again(format!(
+                    "the server does not take the claiming build as owner, it predates leases \
+                     ({err}); asking again without it"
+                )))
+            }
+            Err(err) if err.is_transient() => Ok(Outcome::Unreachable(err)),
+            Err(err) => Err(err.into()),
+        }
+    })?;
+    if let Some(ttl) = claim.ttl
+        && !lock.server_has_leases()
+    {
+        let _ = writeln!(
+            attempts.log,
+            "note: the server describes no leases (it predates them), so the ttl of {} was not \
+             applied: the lock is held until unlocked",
+            duration::format(ttl)
+        );
+    }
+    Ok(lock)
+}
+
+/// Whether the server refused the body because of its `owner` field, as this server did before
+/// leases (`unknown field(s) in request body: owner (expected: ...)`).
+fn refuses_owner(err: &RequestError) -> bool {
+    matches!(err, RequestError::Status { status: 400, message, .. }
+        if message.contains("unknown field") && message.contains("owner"))
 }
 
 /// What one attempt came to.
@@ -96,6 +193,8 @@ enum Outcome {
     Held(Lock),
     /// The server could not be reached or failed: wait and try again.
     Unreachable(RequestError),
+    /// Try again at once, changed as the note says.
+    Again(String),
 }
 
 /// Repeats one operation with back-off until it is done, fails or runs out of time.
@@ -110,24 +209,32 @@ struct Attempts<'a, R> {
 }
 
 impl<R: Rng> Attempts<'_, R> {
-    fn run(mut self, mut attempt: impl FnMut() -> Result<Outcome, Error>) -> Result<Lock, Error> {
+    fn run(&mut self, mut attempt: impl FnMut() -> Result<Outcome, Error>) -> Result<Lock, Error> {
         loop {
             let number = self.backoff.attempts() + 1;
             let outcome = attempt()?;
-            if let Outcome::Done(lock) = outcome {
-                if number > 1 {
-                    let done = match self.op {
-                        LockOp::Lock => "took",
-                        LockOp::Unlock => "released",
-                    };
-                    let _ = writeln!(
-                        self.log,
-                        "{done} lock '{}' on attempt {number} after {}",
-                        self.name,
-                        duration::format(self.started.elapsed())
-                    );
+            match outcome {
+                Outcome::Done(lock) => {
+                    if number > 1 {
+                        let done = match self.op {
+                            LockOp::Lock => "took",
+                            LockOp::Unlock => "released",
+                            LockOp::Renew => "renewed",
+                        };
+                        let _ = writeln!(
+                            self.log,
+                            "{done} lock '{}' on attempt {number} after {}",
+                            self.name,
+                            duration::format(self.started.elapsed())
+                        );
+                    }
+                    return Ok(lock);
                 }
-                return Ok(lock);
+                Outcome::Again(note) => {
+                    let _ = writeln!(self.log, "{note}");
+                    continue;
+                }
+                Outcome::Held(_) | Outcome::Unreachable(_) => {}
             }
             let mut delay = self.backoff.next_delay();
             if let Some(deadline) = self.deadline {
@@ -138,14 +245,9 @@ impl<R: Rng> Attempts<'_, R> {
                 delay = delay.min(deadline - now);
             }
             let why = match &outcome {
-                Outcome::Held(lock) => format!(
-                    "lock '{}' is held by {} with another key{}",
-                    self.name,
-                    lock.holders_text(),
-                    since(lock)
-                ),
+                Outcome::Held(lock) => format!("lock '{}' is held by {}", self.name, holding(lock)),
                 Outcome::Unreachable(err) => format!("{err}"),
-                Outcome::Done(_) => unreachable!("handled above"),
+                Outcome::Done(_) | Outcome::Again(_) => unreachable!("handled above"),
             };
             let _ = writeln!(
                 self.log,
@@ -159,13 +261,9 @@ impl<R: Rng> Attempts<'_, R> {
     fn timed_out(&self, last: Outcome) -> Error {
         let timeout = duration::format(self.timeout.unwrap_or_default());
         let reason = match last {
-            Outcome::Held(lock) => format!(
-                "it is still held by {} with another key{}",
-                lock.holders_text(),
-                since(&lock)
-            ),
+            Outcome::Held(lock) => format!("it is still held by {}", holding(&lock)),
             Outcome::Unreachable(err) => format!("the server did not answer: {err}"),
-            Outcome::Done(_) => String::new(),
+            Outcome::Done(_) | Outcome::Again(_) => String::new(),
         };
         Error::TimedOut {
             op: self.op.as_str(),
@@ -176,9 +274,80 @@ impl<R: Rng> Attempts<'_, R> {
     }
 }
 
-fn since(lock: &Lock) -> String {
-    lock.locked_at
+/// Who holds a lock, with which key, since when and until when, for a log line:
+/// `main/prod/deploy #42 (https://...) as 'deploy' (1 claim) with key 'K'
+/// since 2026-12-02T09:00:00.000Z, lease ends 2026-12-02T10:00:00.000Z`.
+fn holding(lock: &Lock) -> String {
+    let since = lock
+        .locked_at
         .as_deref()
         .map(|at| format!(" since {at}"))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let lease = lock
+        .lease_ends()
+        .map(|at| format!(", lease ends {at}"))
+        .unwrap_or_default();
+    format!(
+        "{} with key '{}'{since}{lease}",
+        lock.holders_text(),
+        lock.key
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lock(json: serde_json::Value) -> Lock {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_waiting_line_names_the_holding_build_and_its_lease_end() {
+        let held = lock(json!({
+            "key": "K", "locked_by": {"deploy": 1}, "revision": 4,
+            "locked_at": "2026-12-02T09:00:00.000Z", "token": 3,
+            "holders": [{"requestor": "deploy", "count": 1,
+                         "since": "2026-12-02T09:00:00.000Z",
+                         "expires_at": "2026-12-02T10:00:00.000Z",
+                         "owner": {"pipeline": "main", "job": "deploy", "build": "42",
+                                   "build_url": "https://ci.example.com/b/42"}}]
+        }));
+        assert_eq!(
+            holding(&held),
+            "main/deploy #42 (https://ci.example.com/b/42) as 'deploy' (1 claim) with key 'K' \
+             since 2026-12-02T09:00:00.000Z, lease ends 2026-12-02T10:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn a_waiting_line_without_owner_or_lease_names_the_requestor() {
+        let held = lock(json!({"key": "K", "locked_by": {"r": 2}, "revision": 4,
+                               "locked_at": "2026-12-02T09:00:00.000Z"}));
+        assert_eq!(
+            holding(&held),
+            "'r' (2 claims) with key 'K' since 2026-12-02T09:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_owner_field_drops_the_owner() {
+        let status = |status, message: &str| RequestError::Status {
+            url: "u".to_owned(),
+            status,
+            message: message.to_owned(),
+        };
+        let before_leases = "unknown field(s) in request body: owner (expected: key, locked_by, lock_by, requestor)";
+        assert!(refuses_owner(&status(400, before_leases)));
+        assert!(
+            !refuses_owner(&status(400, "field 'owner' has too many fields")),
+            "a server that knows owner and refuses its content is not asked again without it"
+        );
+        assert!(!refuses_owner(&status(
+            400,
+            "unknown field(s) in request body: ttl (expected: ...)"
+        )));
+        assert!(!refuses_owner(&status(500, before_leases)));
+    }
 }

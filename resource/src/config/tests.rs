@@ -91,7 +91,7 @@ fn a_typo_in_source_is_named_with_the_known_keys() {
     assert_eq!(
         source_error(value),
         "source.lock_nmae is not a known key (expected one of: locker_uri, lock_name, bosh_lock, \
-         username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay)"
+         username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay, ttl)"
     );
 }
 
@@ -265,7 +265,7 @@ fn a_typo_in_params_is_named_with_the_known_keys() {
     assert_eq!(
         params_error(json!({"lock_op": "lock", "key": "k", "lockd_by": "me"})),
         "params.lockd_by is not a known key (expected one of: lock_op, key, locked_by, lock_by, \
-         timeout, retry_delay, max_retry_delay)"
+         timeout, retry_delay, max_retry_delay, ttl)"
     );
 }
 
@@ -281,11 +281,11 @@ fn missing_or_wrong_params_are_explained() {
     );
     assert_eq!(
         params_error(json!({"key": "k"})),
-        "params.lock_op is missing (lock or unlock)"
+        "params.lock_op is missing (lock, unlock or renew)"
     );
     assert_eq!(
         params_error(json!({"lock_op": "grab", "key": "k"})),
-        "params.lock_op must be lock or unlock (got \"grab\")"
+        "params.lock_op must be lock, unlock or renew (got \"grab\")"
     );
     assert_eq!(
         params_error(json!({"lock_op": "lock"})),
@@ -364,6 +364,7 @@ fn null_counts_as_absent_for_every_optional_key() {
         "skip_ssl_validation",
         "retry_delay",
         "max_retry_delay",
+        "ttl",
     ] {
         source[key] = Value::Null;
     }
@@ -374,7 +375,7 @@ fn null_counts_as_absent_for_every_optional_key() {
 
     let params = json!({
         "lock_op": "lock", "key": "k", "locked_by": null, "lock_by": null, "timeout": null,
-        "retry_delay": null, "max_retry_delay": null,
+        "retry_delay": null, "max_retry_delay": null, "ttl": null,
     });
     assert_eq!(
         OutParams::from_json(&params),
@@ -392,5 +393,127 @@ fn a_wrong_type_does_not_show_the_value() {
     assert!(
         !message.contains("hunter2"),
         "the value leaked into {message:?}"
+    );
+}
+
+fn lock_params(ttl: Value) -> Value {
+    json!({"lock_op": "lock", "key": "k", "ttl": ttl})
+}
+
+#[test]
+fn ttl_is_a_duration_or_a_number_of_seconds() {
+    let ttl = |written: Value| OutParams::from_json(&lock_params(written)).unwrap().ttl;
+    assert_eq!(ttl(json!("90s")), Some(Duration::from_secs(90)));
+    assert_eq!(ttl(json!("30m")), Some(Duration::from_secs(1800)));
+    assert_eq!(ttl(json!("2h")), Some(Duration::from_secs(7200)));
+    assert_eq!(ttl(json!("1h 30m")), Some(Duration::from_secs(5400)));
+    assert_eq!(ttl(json!(600)), Some(Duration::from_secs(600)));
+    assert_eq!(ttl(json!(1.5)), Some(Duration::from_millis(1500)));
+    assert_eq!(ttl(Value::Null), None);
+
+    let source = Source::from_json(&with(minimal_source(), "ttl", json!("45m"))).unwrap();
+    assert_eq!(source.ttl, Some(Duration::from_secs(2700)));
+    assert_eq!(Source::from_json(&minimal_source()).unwrap().ttl, None);
+}
+
+#[test]
+fn a_ttl_that_is_not_a_lease_is_explained() {
+    assert_eq!(
+        params_error(lock_params(json!("soon"))),
+        format!(
+            "params.ttl must be a duration like 90s, 30m or 2h, or a number of seconds \
+             (got \"soon\": {})",
+            duration::parse("soon").unwrap_err()
+        )
+    );
+    assert_eq!(
+        params_error(lock_params(json!("0s"))),
+        "params.ttl must be longer than zero, like 30m (got \"0s\")"
+    );
+    assert_eq!(
+        params_error(lock_params(json!(0))),
+        "params.ttl must be longer than zero, like 30m (got 0)"
+    );
+    assert_eq!(
+        params_error(lock_params(json!(-5))),
+        "params.ttl must be longer than zero, like 30m (got -5)"
+    );
+    assert_eq!(
+        params_error(lock_params(json!(true))),
+        "params.ttl must be a duration like 90s, 30m or 2h, or a number of seconds (got a boolean)"
+    );
+    assert_eq!(
+        source_error(with(minimal_source(), "ttl", json!(["30m"]))),
+        "source.ttl must be a duration like 90s, 30m or 2h, or a number of seconds (got a list)"
+    );
+    assert_eq!(
+        source_error(with(minimal_source(), "ttl", json!("-1m"))),
+        format!(
+            "source.ttl must be a duration like 90s, 30m or 2h, or a number of seconds \
+             (got \"-1m\": {})",
+            duration::parse("-1m").unwrap_err()
+        )
+    );
+}
+
+#[test]
+fn params_ttl_wins_over_source_ttl() {
+    let source = Source::from_json(&with(minimal_source(), "ttl", json!("1h"))).unwrap();
+    let lease = |params: Value| OutParams::from_json(&params).unwrap().lease_ttl(&source);
+    assert_eq!(
+        lease(lock_params(json!("5m"))),
+        Ok(Some(Duration::from_secs(300))),
+        "params.ttl should override source.ttl"
+    );
+    assert_eq!(
+        lease(json!({"lock_op": "lock", "key": "k"})),
+        Ok(Some(Duration::from_secs(3600))),
+        "source.ttl should apply when params has none"
+    );
+    assert_eq!(
+        lease(json!({"lock_op": "renew", "key": "k"})),
+        Ok(Some(Duration::from_secs(3600)))
+    );
+    assert_eq!(
+        lease(json!({"lock_op": "unlock", "key": "k"})),
+        Ok(None),
+        "unlock sends no ttl even when the source has one"
+    );
+
+    let no_ttl = Source::from_json(&minimal_source()).unwrap();
+    let params = OutParams::from_json(&json!({"lock_op": "lock", "key": "k"})).unwrap();
+    assert_eq!(
+        params.lease_ttl(&no_ttl),
+        Ok(None),
+        "no ttl anywhere: none is sent"
+    );
+}
+
+#[test]
+fn renew_requires_a_ttl_from_params_or_source() {
+    let params = OutParams::from_json(&json!({"lock_op": "renew", "key": "k"})).unwrap();
+    assert_eq!(params.lock_op, LockOp::Renew);
+    assert_eq!(
+        params
+            .lease_ttl(&Source::from_json(&minimal_source()).unwrap())
+            .unwrap_err()
+            .to_string(),
+        "lock_op renew needs a ttl, the lease's new length from now: set params.ttl or \
+         source.ttl, like 30m"
+    );
+    let params =
+        OutParams::from_json(&json!({"lock_op": "renew", "key": "k", "ttl": "20m"})).unwrap();
+    assert_eq!(
+        params.lease_ttl(&Source::from_json(&minimal_source()).unwrap()),
+        Ok(Some(Duration::from_secs(1200)))
+    );
+}
+
+#[test]
+fn ttl_on_unlock_is_refused() {
+    assert_eq!(
+        params_error(json!({"lock_op": "unlock", "key": "k", "ttl": "5m"})),
+        "params.ttl has no effect on unlock, which ends the claim: leave it out (set it on the \
+         lock or renew step)"
     );
 }

@@ -5,8 +5,8 @@
 //! pipeline schema (`tests/fixtures/concourse-pipeline-schema.json`); a `get` or `put` anywhere
 //! in a plan that names an undeclared resource; a resource, resource type or task image of an
 //! undeclared type; and, for resources of the locker type, a `source` or step `params` that the
-//! resource's own validation ([`Source::from_json`], [`OutParams::from_json`],
-//! [`InParams::from_json`], the code the binaries run) rejects. Concourse variables `((...))` are
+//! resource's own validation ([`Source::from_json`], [`OutParams::from_json`] and
+//! [`OutParams::lease_ttl`], [`InParams::from_json`], the code the binaries run) rejects. Concourse variables `((...))` are
 //! replaced by plausible values first, as Concourse would before running the resource. A
 //! pipeline without a locker resource is a problem too: every example is for this resource, and
 //! one whose image is not recognised would otherwise skip the resource's validation silently.
@@ -327,7 +327,14 @@ impl<'a> Review<'a> {
                 && self.is_locker(declared)
             {
                 let params = self.substitute(fields.get("params").unwrap_or(&Value::Null), None);
-                if let Err(err) = OutParams::from_json(&params) {
+                // The rules across params and source (renew needs a ttl from either) once both
+                // pass on their own; a rejected source is reported with the resource.
+                let source = Source::from_json(&self.locker_source(declared));
+                let checked = OutParams::from_json(&params).and_then(|params| match &source {
+                    Ok(source) => params.lease_ttl(source).map(drop),
+                    Err(_) => Ok(()),
+                });
+                if let Err(err) = checked {
                     self.report(format!(
                         "{at}: the locker resource rejects the params of put {resource}: {err}"
                     ));
@@ -424,7 +431,7 @@ impl<'a> Review<'a> {
             "username" => "concourse".into(),
             "password" => "example-password".into(),
             "skip_ssl_validation" => false.into(),
-            "timeout" | "retry_delay" | "max_retry_delay" => "1m".into(),
+            "timeout" | "retry_delay" | "max_retry_delay" | "ttl" => "1m".into(),
             "lock_op" => "lock".into(),
             _ => "example".into(),
         }

@@ -204,7 +204,7 @@ fn put_params_the_resource_rejects_are_rejected() {
         &[
             "jobs[0] (upgrade).plan[1].on_success",
             "rejects the params of put performance-env-lock",
-            "params.lock_op must be lock or unlock (got \"unlok\")",
+            "params.lock_op must be lock, unlock or renew (got \"unlok\")",
         ],
     );
 
@@ -212,6 +212,33 @@ fn put_params_the_resource_rejects_are_rejected() {
     assert_reported(
         &problems,
         &["params.timeout must be a duration like 500ms, 10s, 5m or 1h"],
+    );
+}
+
+#[test]
+fn a_renew_without_a_ttl_in_params_or_source_is_rejected() {
+    let problems = problems_in_broken_copy("lease-and-renew.yml", "    ttl: 45m\n", "");
+    assert_reported(
+        &problems,
+        &[
+            "jobs[0] (provision).plan[1].do[1]",
+            "rejects the params of put perf-lock",
+            "lock_op renew needs a ttl",
+        ],
+    );
+    assert!(
+        !problems.iter().any(|problem| problem.contains("soak-test")),
+        "soak-test's renew has its own ttl and should pass, got:\n{}",
+        problems.join("\n")
+    );
+
+    let problems = problems_in_broken_copy("lease-and-renew.yml", "ttl: 3h", "ttl: soon");
+    assert_reported(
+        &problems,
+        &[
+            "jobs[1] (soak-test).plan[1]",
+            "params.ttl must be a duration like 90s, 30m or 2h, or a number of seconds",
+        ],
     );
 }
 

@@ -116,7 +116,15 @@ fn command(bin: Bin, args: &[&str]) -> Command {
 
 /// Runs a binary to the end with `input` on stdin.
 pub fn run(bin: Bin, input: &Value, args: &[&str]) -> Run {
-    let child = spawn_with_stdin(&mut command(bin, args), &input.to_string());
+    run_with_env(bin, input, args, &[])
+}
+
+/// Runs a binary to the end with `input` on stdin and `env` set (build variables, say).
+pub fn run_with_env(bin: Bin, input: &Value, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let child = spawn_with_stdin(
+        command(bin, args).envs(env.iter().copied()),
+        &input.to_string(),
+    );
     let output = child.wait_with_output().unwrap();
     Run {
         status: output.status,

@@ -4,8 +4,10 @@
 mod helpers;
 
 mod auth_and_tls;
+mod leases;
 mod locking;
 mod lost_answers;
+mod older_servers;
 mod pinned_certificates;
 mod protocol;
 mod waiting;

@@ -114,7 +114,7 @@ fn timeout_fails_with_the_holder_named_and_claims_nothing() {
     let elapsed = started.elapsed();
     let error = run.error();
     assert!(
-        error.starts_with("error: timed out after 500ms trying to lock 'env': it is still held by 'holder' (1 claim) with another key since "),
+        error.starts_with("error: timed out after 500ms trying to lock 'env': it is still held by 'holder' (1 claim) with key 'a' since "),
         "{error}"
     );
     assert!(
