@@ -69,6 +69,22 @@ impl OwnLockCycle {
             unlock,
         })
     }
+
+    /// As [`OwnLockCycle::connect`], each lock with a lease of `ttl` (`"1h"`).
+    pub async fn with_ttl(addr: SocketAddr, i: usize, ttl: &str) -> anyhow::Result<OwnLockCycle> {
+        let (_, unlock) = own_lock_requests(i, false);
+        let body = serde_json::json!({"key": format!("key-{i}"), "locked_by": format!("client-{i}"), "ttl": ttl});
+        Ok(OwnLockCycle {
+            conn: Connection::connect(addr).await?,
+            lock: request(
+                "PUT",
+                &format!("/lock/bench-{i}"),
+                Some(&body.to_string()),
+                false,
+            ),
+            unlock,
+        })
+    }
 }
 
 impl Client for OwnLockCycle {

@@ -25,6 +25,8 @@ pub const CLIENTS: usize = 64;
 const BIG_TABLE: usize = 10_000;
 /// Locks in the start-up scenario's state file.
 const STARTUP_TABLE: usize = 100_000;
+/// Leases that end in the same second in the expiry storm.
+const EXPIRY_STORM: usize = 10_000;
 /// Held locks in the reader scenario: `GET /locks` of this many runs in a loop.
 const READER_TABLE: usize = 100_000;
 /// Held locks on the server the resource processes talk to.
@@ -91,7 +93,8 @@ impl Bench {
                 7 => self.startup().await?,
                 8 => self.resource_processes().await?,
                 9 => self.big_reader().await?,
-                _ => bail!("there is no scenario {n} (they are 1 to 9)"),
+                10 => self.leases().await?,
+                _ => bail!("there is no scenario {n} (they are 1 to 10)"),
             }
         }
         Ok(())
@@ -374,6 +377,78 @@ impl Bench {
                 alone = Some(outcome);
             }
         }
+        Ok(())
+    }
+
+    /// Leases: 64 clients cycling with a ttl on every claim (against scenario 2, without), then
+    /// an expiry storm: 10,000 leases that end in the same second while 64 clients cycle.
+    async fn leases(&mut self) -> anyhow::Result<()> {
+        let level = self.settings.log_level.clone();
+        let running = self.locker(None, &level).await?;
+        let addr = running.server.addr;
+        let cpu = running.server.cpu_time()?;
+        let outcome = self.measure("10", |i| OwnLockCycle::with_ttl(addr, i, "1h"), CLIENTS)?;
+        let cpu = running.server.cpu_time()? - cpu;
+        running.server.stop()?;
+        let mut row = Row::measured(
+            "10",
+            "Durable cycles, a 1h lease on every claim",
+            &outcome,
+            "cycles/s",
+        );
+        let cpu_note = format!(
+            "server CPU {} µs/request",
+            cpu_per(cpu, 2.0 * outcome.rate(), self.settings.period)
+        );
+        row.comparison = match &self.durable_many {
+            Some(base) => {
+                row.judge("≥ 90 % of scenario 2", outcome.rate() >= 0.9 * base.rate());
+                format!(
+                    "{} of scenario 2; {cpu_note}",
+                    percent(outcome.rate(), base.rate())
+                )
+            }
+            None => cpu_note,
+        };
+        self.report.rows.push(row);
+
+        // The leases end a second into the measured period.
+        let file = self.work.path().join("leased.yml");
+        let period = self.settings.period;
+        let ends = std::time::SystemTime::now()
+            + Duration::from_secs(3)
+            + period.warm_up
+            + Duration::from_secs(1);
+        state::write_leased_locks(&file, EXPIRY_STORM, ends)?;
+        let running = self.locker(Some(&file), &level).await?;
+        let addr = running.server.addr;
+        let outcome = self.measure("10", |i| OwnLockCycle::connect(addr, i), CLIENTS)?;
+        let mut conn = Connection::connect(addr).await?;
+        let status = conn
+            .send(&request("GET", "/lock/leased-000000", None, false))
+            .await?;
+        let expired =
+            status == 200 && String::from_utf8_lossy(conn.body()).contains("\"key\":\"\"");
+        running.server.stop()?;
+        let mut row = Row::measured(
+            "10",
+            "Durable cycles while 10,000 leases end in the same second",
+            &outcome,
+            "cycles/s",
+        );
+        let p99 = outcome.percentile(99.0);
+        row.judge("p99 < 20 ms", p99 < Duration::from_millis(20) && expired);
+        row.comparison = format!(
+            "p99 {} ms, max {} ms; the leases {}",
+            ms(p99),
+            ms(outcome.max()),
+            if expired {
+                "ended (checked on one)"
+            } else {
+                "did NOT end"
+            }
+        );
+        self.report.rows.push(row);
         Ok(())
     }
 

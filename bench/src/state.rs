@@ -20,6 +20,22 @@ pub fn write_held_locks(path: &Path, count: usize) -> std::io::Result<()> {
     fs::write(path, state_file::to_bytes(&table)?)
 }
 
+/// Writes a state file in which `count` locks (`leased-000000`, ...) are each held with a lease
+/// that ends at `ends`, all in the same second: an expiry storm waiting to happen.
+pub fn write_leased_locks(path: &Path, count: usize, ends: SystemTime) -> std::io::Result<()> {
+    let mut table = LockTable::default();
+    let now = SystemTime::now();
+    let ttl = ends.duration_since(now).unwrap_or(Duration::from_secs(1));
+    for i in 0..count {
+        let claim = Claim {
+            ttl: Some(ttl),
+            ..Claim::new(format!("key-{i}"), format!("pipeline-{i}"))
+        };
+        table.apply(&format!("leased-{i:06}"), Op::Lock, &claim, now);
+    }
+    fs::write(path, state_file::to_bytes(&table)?)
+}
+
 /// Writes the same table as [`write_held_locks`] in block YAML, the shape of a hand-written
 /// file (and of files this server wrote before it switched to one line per lock).
 pub fn write_held_locks_block_yaml(path: &Path, count: usize) -> std::io::Result<()> {
