@@ -43,8 +43,9 @@ pub(super) struct StoredLock {
 struct StoredHolder {
     requestor: String,
     count: u64,
-    #[serde(default)]
-    since: Option<String>,
+    /// Absent when it is the lock's `locked_at` (as it almost always is); `null` when unknown.
+    #[serde(default, deserialize_with = "present")]
+    since: Option<Option<String>>,
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
@@ -88,7 +89,7 @@ impl StoredLock {
             (None, Some(holders)) => Holders::from_entries(
                 holders
                     .into_iter()
-                    .map(StoredHolder::into_holder)
+                    .map(|h| h.into_holder(locked_at))
                     .collect::<Result<_, _>>()?,
             )?,
             (Some(_), Some(_)) => return Err("it has both locked_by and holders".into()),
@@ -113,11 +114,19 @@ impl StoredLock {
     }
 }
 
+/// Reads a field that may be `null` as `Some(None)`, so that absent and `null` differ.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
 impl StoredHolder {
-    fn into_holder(self) -> Result<Holder, String> {
+    fn into_holder(self, locked_at: Option<SystemTime>) -> Result<Holder, String> {
         let what = format!("holder '{}'", self.requestor);
         Ok(Holder {
-            since: parse_time(&format!("{what}: since"), self.since)?,
+            since: match self.since {
+                None => locked_at,
+                Some(since) => parse_time(&format!("{what}: since"), since)?,
+            },
             expires_at: parse_time(&format!("{what}: expires_at"), self.expires_at)?,
             owner: self.owner.map(|o| o.0).unwrap_or_default(),
             requestor: self.requestor,
@@ -161,7 +170,7 @@ impl Serialize for StoredLockView<'_> {
         let with_requests = !lock.requests.is_empty();
         let mut map = s.serialize_map(Some(5 + usize::from(with_requests)))?;
         map.serialize_entry("key", &lock.key)?;
-        map.serialize_entry("holders", &HoldersView(&lock.locked_by))?;
+        map.serialize_entry("holders", &HoldersView(lock))?;
         map.serialize_entry("revision", &lock.revision)?;
         map.serialize_entry("locked_at", &lock.locked_at.map(timestamp))?;
         map.serialize_entry("token", &lock.token)?;
@@ -172,29 +181,31 @@ impl Serialize for StoredLockView<'_> {
     }
 }
 
-/// Holders as a list; what is unknown or empty is left out.
-struct HoldersView<'a>(&'a Holders);
+/// A lock's holders as a list; what is unknown, empty, or the lock's own `locked_at` (for
+/// `since`) is left out, to keep the file small.
+struct HoldersView<'a>(&'a Lock);
 
 impl Serialize for HoldersView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut list = s.serialize_seq(Some(self.0.len()))?;
-        for holder in self.0.entries() {
-            list.serialize_element(&HolderView(holder))?;
+        let holders = &self.0.locked_by;
+        let mut list = s.serialize_seq(Some(holders.len()))?;
+        for holder in holders.entries() {
+            list.serialize_element(&HolderView(holder, self.0.locked_at))?;
         }
         list.end()
     }
 }
 
-struct HolderView<'a>(&'a Holder);
+struct HolderView<'a>(&'a Holder, Option<SystemTime>);
 
 impl Serialize for HolderView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let h = self.0;
+        let HolderView(h, locked_at) = *self;
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("requestor", &h.requestor)?;
         map.serialize_entry("count", &h.count)?;
-        if let Some(since) = h.since {
-            map.serialize_entry("since", &timestamp(since))?;
+        if h.since != locked_at {
+            map.serialize_entry("since", &h.since.map(timestamp))?;
         }
         if let Some(at) = h.expires_at {
             map.serialize_entry("expires_at", &timestamp(at))?;

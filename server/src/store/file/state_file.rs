@@ -396,7 +396,10 @@ fn parse_canonical<L: AsRef<str>>(mut lines: impl Iterator<Item = L>) -> Option<
         "locks: {}" | "locks:" => {}
         _ => return None,
     }
-    let mut locks = std::collections::BTreeMap::new();
+    // Straight into the table, with no second copy of it on the way: the server writes names
+    // in order, so a name out of order (or repeated) is not this form.
+    let mut table = LockTable::new(revision, []);
+    let mut last_name: Option<String> = None;
     let mut complete = false;
     for line in lines.by_ref() {
         let line = line.as_ref();
@@ -409,14 +412,15 @@ fn parse_canonical<L: AsRef<str>>(mut lines: impl Iterator<Item = L>) -> Option<
         let value = entry[names.byte_offset()..].strip_prefix(": ")?;
         let stored: StoredLock = serde_json::from_str(value).ok()?;
         let lock = stored.into_lock(revision).ok()?;
-        if locks.insert(name, lock).is_some() {
+        if last_name.as_ref().is_some_and(|last| *last >= name) {
             return None;
         }
+        table.load(&name, lock);
+        last_name = Some(name);
     }
     if !complete || lines.any(|l| !l.as_ref().trim().is_empty()) {
         return None;
     }
-    let table = LockTable::new(revision, locks);
     check_table(&table).ok()?;
     Some(table)
 }
