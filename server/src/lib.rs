@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`domain`]: the lock rules, a pure state machine (no I/O, time passed in).
 //! - [`clock`]: the one source of "now", and a clock tests move by hand.
-//! - `store`: the backend seam ("decide and commit a batch"), the writer that group-commits,
-//!   and the published snapshots; `store::file` is the state file and its journal.
+//! - `store`: the backend seam ("decide and commit a batch", `store::backend`), the writer that
+//!   group-commits and expires leases, and the published snapshots; `store::file` is the state
+//!   file and its journal.
 //! - `http`: the HTTP API (poem), wire-compatible with the original server; it owns its JSON.
 //! - `net`: listening, TLS, and limits on slow clients and on connections.
 //! - [`app`]: builds the server from a configuration and a port, then serves it.

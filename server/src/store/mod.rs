@@ -18,17 +18,20 @@
 //! 100,000 locks holds nothing the writer needs. Subscribers are woken by each new table (a
 //! `watch` channel). The writer is a plain thread because fsync blocks.
 
+mod backend;
 pub mod file;
+
+pub use backend::{Backend, CommitError, Request};
 
 use std::io;
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
 use crate::clock::Clock;
-use crate::domain::{Claim, Decision, LockTable, Op};
+use crate::domain::{Decision, LockTable};
 
 /// The most requests one batch takes; bounds the latency a single commit adds.
 const MAX_BATCH: usize = 4096;
@@ -36,50 +39,6 @@ const MAX_BATCH: usize = 4096;
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 /// How long the writer waits before trying again after a commit failed.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
-
-/// Where batches are decided and made durable: the seam between the lock rules and storage.
-///
-/// A backend decides with [`crate::domain`]'s rules inside its own unit of durability (the
-/// file backend on its in-memory table; a database inside a transaction, on the rows it has
-/// locked), so every backend has the same rules.
-pub trait Backend: Send + 'static {
-    /// The table as last committed.
-    fn table(&self) -> &LockTable;
-
-    /// Releases the claims whose deadline is at or before `now`, decides `requests` in order at
-    /// `now`, and commits what they change as one durable unit; returns only once it would
-    /// survive a crash. On error nothing of the batch is committed.
-    fn decide_and_commit(
-        &mut self,
-        requests: &[Request],
-        now: SystemTime,
-    ) -> Result<Committed, CommitError>;
-
-    /// Called once when the writer stops.
-    fn finish(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A committed batch: one decision per request, and the table afterwards.
-#[derive(Debug)]
-pub struct Committed {
-    pub decisions: Vec<Decision>,
-    pub table: LockTable,
-}
-
-/// Why a batch was not committed, worded for the client (what could not be done, and why).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct CommitError(pub String);
-
-/// One request to change a lock.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub name: String,
-    pub op: Op,
-    pub claim: Claim,
-}
 
 /// Why a request got no decision.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -231,6 +190,8 @@ mod tests {
     use super::file::FileBackend;
     use super::*;
     use crate::clock::ManualClock;
+    use crate::domain::{Claim, Op};
+    use std::time::SystemTime;
 
     fn lock_request(name: &str, key: &str) -> Request {
         Request {

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 pub use state_file::{END_LINE, Format, OpenError, StateFile, to_bytes};
 
-use super::{Backend, CommitError, Committed, Request};
+use super::backend::{Backend, CommitError, Committed, Request};
 use crate::domain::LockTable;
 
 /// The lock table, held in memory and made durable in a [`StateFile`].

@@ -1,0 +1,51 @@
+//! The seam between the lock rules and storage: a backend decides a batch of requests and
+//! commits it as one durable unit.
+
+use std::io;
+use std::time::SystemTime;
+
+use crate::domain::{Claim, Decision, LockTable, Op};
+
+/// Where batches are decided and made durable: the seam between the lock rules and storage.
+///
+/// A backend decides with [`crate::domain`]'s rules inside its own unit of durability (the
+/// file backend on its in-memory table; a database inside a transaction, on the rows it has
+/// locked), so every backend has the same rules.
+pub trait Backend: Send + 'static {
+    /// The table as last committed.
+    fn table(&self) -> &LockTable;
+
+    /// Releases the claims whose deadline is at or before `now`, decides `requests` in order at
+    /// `now`, and commits what they change as one durable unit; returns only once it would
+    /// survive a crash. On error nothing of the batch is committed.
+    fn decide_and_commit(
+        &mut self,
+        requests: &[Request],
+        now: SystemTime,
+    ) -> Result<Committed, CommitError>;
+
+    /// Called once when the writer stops.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A committed batch: one decision per request, and the table afterwards.
+#[derive(Debug)]
+pub struct Committed {
+    pub decisions: Vec<Decision>,
+    pub table: LockTable,
+}
+
+/// Why a batch was not committed, worded for the client (what could not be done, and why).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CommitError(pub String);
+
+/// One request to change a lock.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub name: String,
+    pub op: Op,
+    pub claim: Claim,
+}
