@@ -32,7 +32,7 @@ fn a_lease_ends_at_its_ttl_and_its_expiry_takes_a_revision() {
     let server = Locker::start();
     let client = Client::new();
     let url = server.url("/lock/env");
-    let (status, answer) = client.put(&url, &lock_body("k", "job", json!({"ttl": "1s"})));
+    let (status, answer) = client.put(&url, &lock_body("k", "job", json!({"ttl": "2s"})));
     assert_eq!(status, 200, "{answer}");
     let lock = &answer["lock"];
     assert_eq!(lock["revision"], 1);
@@ -46,7 +46,7 @@ fn a_lease_ends_at_its_ttl_and_its_expiry_takes_a_revision() {
 
     let (_, held) = client.get(&url);
     assert_eq!(held["key"], "k", "held before its deadline");
-    let freed = wait_for(&server, "env", Duration::from_secs(4), |l| {
+    let freed = wait_for(&server, "env", Duration::from_secs(6), |l| {
         l["revision"] == 2
     });
     assert_eq!(
@@ -95,8 +95,8 @@ fn renewing_moves_the_deadline_and_keeps_the_revision() {
     let client = Client::new();
     let url = server.url("/lock/env");
     let renew = server.url("/lock/env/renew");
-    client.put(&url, &lock_body("k", "job", json!({"ttl": "1s"})));
-    let (status, answer) = client.post(&renew, &lock_body("k", "job", json!({"ttl": "3s"})));
+    client.put(&url, &lock_body("k", "job", json!({"ttl": "2s"})));
+    let (status, answer) = client.post(&renew, &lock_body("k", "job", json!({"ttl": "5s"})));
     assert_eq!(status, 200, "{answer}");
     assert!(
         answer["response"]
@@ -109,14 +109,14 @@ fn renewing_moves_the_deadline_and_keeps_the_revision() {
         answer["lock"]["revision"], 1,
         "a renewal keeps the lock's revision"
     );
-    sleep(Duration::from_millis(1500));
+    sleep(Duration::from_millis(2500));
     let (_, lock) = client.get(&url);
     assert_eq!(lock["key"], "k", "still held after the first ttl: {lock}");
 
     let (status, answer) = client.post(&renew, &lock_body("other", "x", json!({"ttl": "3s"})));
     assert_eq!(status, 423, "another key: {answer}");
 
-    wait_for(&server, "env", Duration::from_secs(4), |l| l["key"] == "");
+    wait_for(&server, "env", Duration::from_secs(6), |l| l["key"] == "");
     let (status, answer) = client.post(&renew, &lock_body("k", "job", json!({"ttl": "3s"})));
     assert_eq!(status, 409, "expired: {answer}");
     let message = answer["error"].as_str().unwrap();
@@ -210,14 +210,14 @@ fn claims_whose_lease_ended_while_the_server_was_down_are_released_at_start_up()
     let client = Client::new();
     client.put(
         &server.url("/lock/short"),
-        &lock_body("k", "r", json!({"ttl": "1s"})),
+        &lock_body("k", "r", json!({"ttl": "2s"})),
     );
     client.put(
         &server.url("/lock/long"),
         &lock_body("k", "r", json!({"ttl": "1h"})),
     );
     server.stop();
-    sleep(Duration::from_millis(1500));
+    sleep(Duration::from_millis(2500));
     server.restart();
     let (_, all) = client.get(&server.url("/locks"));
     assert_eq!(
