@@ -5,18 +5,21 @@
 //! by the benchmark reading its log (and never blocks on a full pipe).
 
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use locker_testkit::process::{BinsError, Build, find_bins, free_port, locker_command, terminate};
 
 use crate::http::{Connection, request};
 
 /// How long a server may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where the workspace's binaries (`locker`, `check`) are: next to this one.
 ///
@@ -24,65 +27,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// benchmark never measures a stale server. `LOCKER_BENCH_BINS=DIR` measures the binaries in
 /// DIR instead, as they are (to compare another build, such as the previous commit's).
 pub fn workspace_bins() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding the benchmark's own path")?;
-    let given = std::env::var_os("LOCKER_BENCH_BINS").map(PathBuf::from);
-    let dir = match &given {
-        Some(dir) => dir.clone(),
-        None => exe
-            .parent()
-            .context("the benchmark binary has no directory")?
-            .to_owned(),
-    };
-    if let (None, Some(cargo)) = (&given, std::env::var_os("CARGO")) {
-        let mut cmd = Command::new(cargo);
-        // `cargo run` describes the benchmark's own package in the environment; a build
-        // script that watches one of those variables (ring's watches CARGO_MANIFEST_DIR)
-        // would otherwise rebuild on every run, and again on the next plain `cargo build`.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_")
-                || matches!(
-                    &*name,
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_BIN_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                )
-            {
-                cmd.env_remove(&*name);
+    let (dir, build) = match std::env::var_os("LOCKER_BENCH_BINS") {
+        Some(dir) => (PathBuf::from(dir), Build::Never),
+        None => {
+            let exe = std::env::current_exe().context("finding the benchmark's own path")?;
+            let dir = exe
+                .parent()
+                .context("the benchmark binary has no directory")?
+                .to_owned();
+            // `cargo run` sets CARGO; run directly, the binaries are taken as they are.
+            match std::env::var_os("CARGO") {
+                Some(_) => (dir, Build::Always),
+                None => (dir, Build::Never),
             }
         }
-        cmd.args([
-            "build",
-            "-p",
-            "locker-server",
-            "-p",
-            "locker-resource",
-            "--bins",
-        ]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build of the locker and check binaries failed");
-        }
+    };
+    match find_bins(&dir, &["locker", "check"], build) {
+        Ok(()) => Ok(dir),
+        Err(BinsError::Missing(path)) => bail!(
+            "{} is missing; run the benchmark with `cargo run --release -p locker-bench`, or build the workspace's binaries first (cargo build --release --bins)",
+            path.display()
+        ),
+        Err(e) => Err(e.into()),
     }
-    for bin in ["locker", "check"] {
-        if !dir.join(bin).exists() {
-            bail!(
-                "{} is missing; run the benchmark with `cargo run --release -p locker-bench`, or build the workspace's binaries first (cargo build --release --bins)",
-                dir.join(bin).display()
-            );
-        }
-    }
-    Ok(dir)
-}
-
-/// Asks the kernel for a free loopback port.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A running `locker` server.
@@ -116,14 +83,8 @@ impl Locker {
         let log = File::create(&log_path)?;
         let port = free_port()?;
         let began = Instant::now();
-        let child = Command::new(options.bin_dir.join("locker"))
-            .env_clear()
-            .env("PORT", port.to_string())
-            .env("LOCKER_CONFIG", &state)
+        let child = locker_command(&options.bin_dir.join("locker"), port, &state, options.dir)
             .env("RUST_LOG", options.log_level)
-            .current_dir(options.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting locker")?;
@@ -163,13 +124,14 @@ impl Locker {
 
     /// Stops the server with SIGTERM (it drains and exits 0), killing it if it hangs.
     pub fn stop(mut self) -> anyhow::Result<()> {
-        terminate(&mut self.child)
+        terminate(&mut self.child, STOP_TIMEOUT)?;
+        Ok(())
     }
 }
 
 impl Drop for Locker {
     fn drop(&mut self) {
-        let _ = terminate(&mut self.child);
+        let _ = terminate(&mut self.child, STOP_TIMEOUT);
     }
 }
 
@@ -212,7 +174,7 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = terminate(&mut self.child);
+        let _ = terminate(&mut self.child, STOP_TIMEOUT);
     }
 }
 
@@ -253,26 +215,6 @@ async fn wait_until_healthy(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-fn terminate(child: &mut Child) -> anyhow::Result<()> {
-    if child.try_wait()?.is_some() {
-        return Ok(());
-    }
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    child.kill()?;
-    child.wait()?;
-    Ok(())
 }
 
 /// The peak resident set size of a process (`VmHWM`), in bytes.

@@ -3,6 +3,8 @@
 //! [`Locker`] starts the real `locker` binary on a free loopback port with a state file in a
 //! temporary directory, captures its log, and stops, kills or restarts it. [`Client`] speaks
 //! HTTP to it and returns status and JSON. [`TestCa`] makes certificates for TLS tests.
+//! [`process`] has what the benchmark shares with them: finding the binaries, a free port, the
+//! command that starts `locker`, and stopping a process.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,8 +14,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod process;
+
+use process::{Build, find_bins, locker_command, terminate};
+
 /// How long a server may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a server may take to exit after SIGTERM before it is killed: longer than its
+/// shutdown grace period, so a test sees a hang as a killed server rather than waiting forever.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The path of a binary built from this workspace (`locker`, `check`, `in`, `out`, ...).
 ///
@@ -25,16 +35,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let path = profile_dir.join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--workspace", "--bins"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-    }
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    find_bins(profile_dir, &[name], Build::IfMissing).unwrap_or_else(|e| panic!("{e}"));
+    profile_dir.join(name)
 }
 
 /// Starts `command` with stdin, stdout and stderr piped and writes `input` to its stdin, the
@@ -114,14 +116,13 @@ impl Locker {
         state_file: PathBuf,
         options: Options,
     ) -> Result<Locker, StartFailure> {
-        let mut cmd = Command::new(workspace_bin("locker"));
-        cmd.env_clear()
-            .env("LOCKER_CONFIG", &state_file)
-            .env("PORT", options.port.to_string())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = locker_command(
+            &workspace_bin("locker"),
+            options.port,
+            &state_file,
+            dir.path(),
+        );
+        cmd.stderr(Stdio::piped());
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
@@ -240,11 +241,10 @@ impl Locker {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit.
+    /// Sends SIGTERM and waits for the exit (killing the server if it hangs).
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(&child, libc::SIGTERM);
-        let status = child.wait().expect("wait");
+        let status = terminate(&mut child, STOP_TIMEOUT).expect("wait");
         std::thread::sleep(Duration::from_millis(20));
         status
     }
@@ -296,13 +296,6 @@ impl Locker {
 impl Drop for Locker {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) with the pid of a child we have not yet waited for.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
     }
 }
 
