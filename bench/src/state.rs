@@ -66,7 +66,7 @@ mod tests {
         let text = fs::read_to_string(path).unwrap();
         assert!(
             text.starts_with(
-                "version: 1\nrevision: 2\nlocks:\n  \"held-000000\": {\"key\":\"key-0\""
+                "version: 2\nrevision: 2\nlocks:\n  \"held-000000\": {\"key\":\"key-0\""
             ),
             "{text}"
         );
