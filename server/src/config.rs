@@ -9,6 +9,9 @@ pub const DEFAULT_STATE_FILE: &str = "locker-data.yml";
 pub const DEFAULT_PORT: u16 = 3000;
 /// The longest ttl when `LOCKER_MAX_TTL` is not set.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most `LOCKER_MAX_TTL` may be (100 years): a deadline stays a time that RFC 3339 can
+/// write.
+pub const MAX_MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The text `locker --help` prints.
 pub const HELP: &str = "\
@@ -99,6 +102,12 @@ impl Config {
             .map(|v| duration("LOCKER_MAX_TTL", &v))
             .transpose()?
             .unwrap_or(DEFAULT_MAX_TTL);
+        if max_ttl > MAX_MAX_TTL {
+            return Err(format!(
+                "LOCKER_MAX_TTL ({}) is more than the 100 years a lease may last",
+                humantime::format_duration(max_ttl)
+            ));
+        }
         if let Some(default) = default_ttl.filter(|d| *d > max_ttl) {
             return Err(format!(
                 "LOCKER_DEFAULT_TTL ({}) is more than LOCKER_MAX_TTL ({}); lower the one or raise the other",
@@ -208,6 +217,7 @@ mod tests {
             (("LOCKER_DEFAULT_TTL", "soon"), "not a duration"),
             (("LOCKER_MAX_TTL", "0s"), "more than zero"),
             (("LOCKER_DEFAULT_TTL", "8d"), "more than LOCKER_MAX_TTL"),
+            (("LOCKER_MAX_TTL", "10000years"), "more than the 100 years"),
         ];
         for ((name, value), expected) in cases {
             let err = config(&[(name, value)]).unwrap_err();

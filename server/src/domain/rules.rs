@@ -377,16 +377,18 @@ pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, 
         if next.is_free() {
             next.set_free();
         }
-        if let Some(id) = &claim.request_id {
+        // A renewal needs no memory: applied again it only moves the deadline, and its ids
+        // would push out those of the locks and unlocks whose retries must be recognised.
+        if let Some(id) = claim.request_id.as_ref().filter(|_| op != Op::Renew) {
             next.remember(id);
         }
     }
     (verdict, next)
 }
 
-/// The verdict for a retry of a request that already changed `lock`, if it is one: a lock or
-/// renewal is done while the requestor still holds a claim (after that, it is decided
-/// afresh); an unlock is done for good.
+/// The verdict for a retry of a request that already changed `lock`, if it is one: a lock is
+/// done while the requestor still holds a claim (after that, it is decided afresh); an unlock
+/// is done for good. Renewals are not remembered: a retry renews again.
 fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
     let id = claim.request_id.as_deref()?;
     if !lock.remembers(id) {
@@ -395,7 +397,6 @@ fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
     let holds = lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some();
     match op {
         Op::Lock if holds => Some(Verdict::Acquired),
-        Op::Renew if holds => Some(Verdict::Renewed),
         Op::Lock | Op::Renew => None,
         Op::Unlock => Some(Verdict::Released),
     }
@@ -419,7 +420,11 @@ fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdic
                 return (Verdict::NotHolding, None);
             };
             let mut next = lock.clone();
-            next.locked_by.0[i].expires_at = claim.ttl.map(|ttl| now + ttl);
+            let holder = &mut next.locked_by.0[i];
+            holder.expires_at = claim.ttl.map(|ttl| now + ttl);
+            if let Some(owner) = &claim.owner {
+                holder.owner.clone_from(owner);
+            }
             (Verdict::Renewed, Some(next))
         }
         Op::Unlock if lock.is_free() => (Verdict::NotHeld, None),
@@ -963,19 +968,38 @@ mod tests {
     }
 
     #[test]
-    fn a_retried_renewal_is_answered_as_done() {
+    fn renewals_leave_the_request_memory_to_locks_and_unlocks() {
         let mut table = LockTable::default();
-        table.apply("env", Op::Lock, &leased("k", "x", 60), at(0));
+        let lock = Claim {
+            request_id: Some("l1".into()),
+            ..leased("k", "x", 60)
+        };
+        table.apply("env", Op::Lock, &lock, at(0));
+        for i in 0..=REMEMBERED_REQUESTS {
+            let renew = Claim {
+                request_id: Some(format!("r{i}")),
+                ..leased("k", "x", 600)
+            };
+            let d = table.apply("env", Op::Renew, &renew, at(10));
+            assert_eq!(d.verdict, Verdict::Renewed);
+        }
+        assert_eq!(table.get("env").requests, ["l1"]);
+        let again = table.apply("env", Op::Lock, &lock, at(20));
+        assert_eq!(
+            again.lock.locked_by.get("x"),
+            Some(&1),
+            "the lock's retry is still known"
+        );
         let renew = Claim {
-            request_id: Some("r1".into()),
+            request_id: Some("r0".into()),
             ..leased("k", "x", 600)
         };
-        table.apply("env", Op::Renew, &renew, at(10));
-        let revision = table.revision;
-        let again = table.apply("env", Op::Renew, &renew, at(20));
-        assert_eq!(again.verdict, Verdict::Renewed);
-        assert_eq!(table.revision, revision, "the retry changes nothing");
-        assert_eq!(again.lock.locked_by.entries()[0].expires_at, Some(at(610)));
+        let d = table.apply("env", Op::Renew, &renew, at(30));
+        assert_eq!(
+            d.lock.locked_by.entries()[0].expires_at,
+            Some(at(630)),
+            "a retried renewal renews again"
+        );
     }
 
     #[test]

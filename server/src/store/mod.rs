@@ -84,7 +84,17 @@ impl LockStore {
         let (jobs, queue) = mpsc::channel();
         let writer = thread::Builder::new()
             .name("locker-writer".into())
-            .spawn(move || run_writer(backend, &queue, &publish, &*clock))?;
+            .spawn(move || {
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_writer(backend, &queue, &publish, &*clock)
+                }));
+                if written.is_err() {
+                    // Nothing can be written any more: better a restart from the state file,
+                    // which holds everything acknowledged, than a server that refuses writes.
+                    tracing::error!("the writer thread panicked; exiting so that the server is restarted from its state file");
+                    std::process::exit(70);
+                }
+            })?;
         Ok((LockStore { jobs, published }, writer))
     }
 

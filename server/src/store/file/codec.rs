@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use locker_protocol::timestamp;
 
-use crate::domain::{Holder, Holders, Lock, REMEMBERED_REQUESTS};
+use crate::domain::{Holder, Holders, Lock, Owner, REMEMBERED_REQUESTS};
 
 /// A lock as stored, in the state file or a journal record: version 2 lists `holders`;
 /// version 1 (and the journal records it wrote) had only `locked_by`, requestor to count.
@@ -49,7 +49,9 @@ struct StoredHolder {
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
-    owner: Option<UniqueMap<String>>,
+    /// `[[name, value], ...]`: pairs, not a map, because YAML parsers limit a key to 1,024
+    /// characters and an owner's names are the client's.
+    owner: Option<Vec<(String, String)>>,
 }
 
 fn parse_time(field: &str, text: Option<String>) -> Result<Option<SystemTime>, String> {
@@ -128,7 +130,17 @@ impl StoredHolder {
                 Some(since) => parse_time(&format!("{what}: since"), since)?,
             },
             expires_at: parse_time(&format!("{what}: expires_at"), self.expires_at)?,
-            owner: self.owner.map(|o| o.0).unwrap_or_default(),
+            owner: match self.owner {
+                None => Owner::new(),
+                Some(pairs) => {
+                    let count = pairs.len();
+                    let owner: Owner = pairs.into_iter().collect();
+                    if owner.len() != count {
+                        return Err(format!("{what}: its owner names a field twice"));
+                    }
+                    owner
+                }
+            },
             requestor: self.requestor,
             count: self.count,
         })
@@ -211,7 +223,8 @@ impl Serialize for HolderView<'_> {
             map.serialize_entry("expires_at", &timestamp(at))?;
         }
         if !h.owner.is_empty() {
-            map.serialize_entry("owner", &h.owner)?;
+            let pairs: Vec<(&String, &String)> = h.owner.iter().collect();
+            map.serialize_entry("owner", &pairs)?;
         }
         map.end()
     }

@@ -7,7 +7,7 @@
 //! version: 2
 //! revision: 42
 //! locks:
-//!   "prod": {"key":"deploy-1","holders":[{"requestor":"pipeline-a","count":1,"since":"2026-11-27T10:00:00.123Z","expires_at":"2026-11-27T11:00:00.123Z","owner":{"job":"deploy"}}],"revision":42,"locked_at":"2026-11-27T10:00:00.123Z","token":42}
+//!   "prod": {"key":"deploy-1","holders":[{"requestor":"pipeline-a","count":1,"since":"2026-11-27T10:00:00.123Z","expires_at":"2026-11-27T11:00:00.123Z","owner":[["job","deploy"]]}],"revision":42,"locked_at":"2026-11-27T10:00:00.123Z","token":42}
 //!   "staging": {"key":"","holders":[],"revision":40,"locked_at":null,"token":null}
 //! # end of locker state file
 //! ```
@@ -208,6 +208,10 @@ impl StateFile {
         }
         let journal = Journal::open(&journal_path, replay.good_len)
             .map_err(|e| io_err("opening its journal", e))?;
+        // The journal may have just been created: its name must be durable before a batch in
+        // it is acknowledged.
+        dir.sync_all()
+            .map_err(|e| io_err("syncing its directory", e))?;
         let mut file = StateFile {
             path: path.to_owned(),
             tmp_path,
@@ -623,7 +627,15 @@ mod tests {
             "'q'",
         ];
         for (i, text) in texts.iter().enumerate() {
-            let claim = Claim::new(text.to_string(), format!("{text}-{i}"));
+            // Owners with long names, escaped as much as JSON can (stored as pairs: no key limit).
+            let claim = Claim {
+                owner: Some(crate::domain::Owner::from([
+                    ("\u{1}".repeat(600), text.to_string()),
+                    ("\\\"".repeat(600), "v".into()),
+                ])),
+                ttl: Some(std::time::Duration::from_secs(60)),
+                ..Claim::new(text.to_string(), format!("{text}-{i}"))
+            };
             // Control characters are refused in names (not in imported keys or requestors).
             let name = match names::check_text("name", text) {
                 Ok(()) => text.to_string(),
