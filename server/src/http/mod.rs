@@ -105,20 +105,20 @@ fn show_lock(req: &Request, api: Data<&Arc<Api>>) -> Response {
 
 #[handler]
 async fn lock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Response {
-    let name = match lock_name(req) {
-        Ok(name) => name,
-        Err(e) => return e.into_response(),
-    };
-    change(req, body, &api, name, Op::Lock).await
+    change_named(req, body, &api, Op::Lock).await
 }
 
 #[handler]
 async fn unlock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Response {
-    let name = match lock_name(req) {
-        Ok(name) => name,
-        Err(e) => return e.into_response(),
-    };
-    change(req, body, &api, name, Op::Unlock).await
+    change_named(req, body, &api, Op::Unlock).await
+}
+
+/// A change of the lock the path names.
+async fn change_named(req: &Request, body: Body, api: &Api, op: Op) -> Response {
+    match lock_name(req) {
+        Ok(name) => change(req, body, api, name, op).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `POST /lock/{name}/ACTION`: `renew`.
