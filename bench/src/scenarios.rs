@@ -137,6 +137,24 @@ impl Bench {
         Ok(Running { server, _dir: dir })
     }
 
+    /// As [`Bench::measure`], also returning the CPU time `server` spent meanwhile.
+    fn measure_on<C, F, Fut>(
+        &mut self,
+        server: &Locker,
+        id: &str,
+        make: F,
+        n: usize,
+    ) -> anyhow::Result<(Outcome, Duration)>
+    where
+        C: Client,
+        F: Fn(usize) -> Fut + Sync,
+        Fut: Future<Output = anyhow::Result<C>>,
+    {
+        let before = server.cpu_time()?;
+        let outcome = self.measure(id, make, n)?;
+        Ok((outcome, server.cpu_time()? - before))
+    }
+
     /// Runs `n` clients made by `make` on the load generator, and notes any that failed.
     fn measure<C, F, Fut>(&mut self, id: &str, make: F, n: usize) -> anyhow::Result<Outcome>
     where
@@ -162,9 +180,8 @@ impl Bench {
         // the generator is compared with wrk's better run.
         let wrk_before = wrk(&url, self.settings.period);
         let cpu = cpu_time(libc::RUSAGE_SELF);
-        let server_cpu = running.server.cpu_time()?;
-        let outcome = self.measure("1", |_| Health::connect(addr), CLIENTS)?;
-        let server_cpu = running.server.cpu_time()? - server_cpu;
+        let (outcome, server_cpu) =
+            self.measure_on(&running.server, "1", |_| Health::connect(addr), CLIENTS)?;
         let generator_cpu = cpu_time(libc::RUSAGE_SELF) - cpu;
         let wrk_after = wrk(&url, self.settings.period);
         self.ceiling = Some(outcome.rate());
@@ -233,7 +250,12 @@ impl Bench {
         let other = if level == "info" { "warn" } else { "info" };
         let running = self.locker(None, other).await?;
         let addr = running.server.addr;
-        let outcome = self.measure("2", |i| OwnLockCycle::connect(addr, i), CLIENTS)?;
+        let (outcome, cpu) = self.measure_on(
+            &running.server,
+            "2",
+            |i| OwnLockCycle::connect(addr, i),
+            CLIENTS,
+        )?;
         let mut row = Row::measured(
             "2",
             &format!("Durable cycles, `RUST_LOG={other}`"),
@@ -241,8 +263,9 @@ impl Bench {
             "cycles/s",
         );
         row.comparison = format!(
-            "{} of `RUST_LOG={level}`",
-            percent(outcome.rate(), many.rate())
+            "{} of `RUST_LOG={level}`; server CPU {} µs/request",
+            percent(outcome.rate(), many.rate()),
+            cpu_per(cpu, 2.0 * outcome.rate(), self.settings.period)
         );
         self.report.rows.push(row);
         running.server.stop()?;
@@ -271,9 +294,8 @@ impl Bench {
             // A fresh server for each, so the second does not inherit the first's file.
             let running = self.locker(initial, level).await?;
             let addr = running.server.addr;
-            let cpu = running.server.cpu_time()?;
-            let outcome = self.measure(id, |i| OwnLockCycle::connect(addr, i), n)?;
-            let cpu = running.server.cpu_time()? - cpu;
+            let (outcome, cpu) =
+                self.measure_on(&running.server, id, |i| OwnLockCycle::connect(addr, i), n)?;
             let mut row = Row::measured(id, &what, &outcome, "cycles/s");
             row.comparison = format!(
                 "server CPU {} µs/request",
@@ -328,9 +350,12 @@ impl Bench {
             let stop = Arc::new(AtomicBool::new(false));
             let reads = Arc::new(AtomicU64::new(0));
             let reader = with_reader.then(|| read_all_locks(addr, stop.clone(), reads.clone()));
-            let cpu = running.server.cpu_time()?;
-            let outcome = self.measure("9", |i| OwnLockCycle::connect(addr, i), CLIENTS)?;
-            let cpu = running.server.cpu_time()? - cpu;
+            let (outcome, cpu) = self.measure_on(
+                &running.server,
+                "9",
+                |i| OwnLockCycle::connect(addr, i),
+                CLIENTS,
+            )?;
             stop.store(true, Ordering::Relaxed);
             let reader_failed = match reader.map(|r| r.join()) {
                 Some(Ok(Err(e))) => Some(format!("{e:#}")),
@@ -386,9 +411,12 @@ impl Bench {
         let level = self.settings.log_level.clone();
         let running = self.locker(None, &level).await?;
         let addr = running.server.addr;
-        let cpu = running.server.cpu_time()?;
-        let outcome = self.measure("10", |i| OwnLockCycle::with_ttl(addr, i, "1h"), CLIENTS)?;
-        let cpu = running.server.cpu_time()? - cpu;
+        let (outcome, cpu) = self.measure_on(
+            &running.server,
+            "10",
+            |i| OwnLockCycle::with_ttl(addr, i, "1h"),
+            CLIENTS,
+        )?;
         running.server.stop()?;
         let mut row = Row::measured(
             "10",
@@ -422,7 +450,12 @@ impl Bench {
         state::write_leased_locks(&file, EXPIRY_STORM, ends)?;
         let running = self.locker(Some(&file), &level).await?;
         let addr = running.server.addr;
-        let outcome = self.measure("10", |i| OwnLockCycle::connect(addr, i), CLIENTS)?;
+        let (outcome, cpu) = self.measure_on(
+            &running.server,
+            "10",
+            |i| OwnLockCycle::connect(addr, i),
+            CLIENTS,
+        )?;
         let mut conn = Connection::connect(addr).await?;
         let status = conn
             .send(&request("GET", "/lock/leased-000000", None, false))
@@ -439,14 +472,15 @@ impl Bench {
         let p99 = outcome.percentile(99.0);
         row.judge("p99 < 20 ms", p99 < Duration::from_millis(20) && expired);
         row.comparison = format!(
-            "p99 {} ms, max {} ms; the leases {}",
+            "p99 {} ms, max {} ms; the leases {}; server CPU {} µs/request (expiry included)",
             ms(p99),
             ms(outcome.max()),
             if expired {
                 "ended (checked on one)"
             } else {
                 "did NOT end"
-            }
+            },
+            cpu_per(cpu, 2.0 * outcome.rate(), period)
         );
         self.report.rows.push(row);
         Ok(())
@@ -456,7 +490,8 @@ impl Bench {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
         let addr = running.server.addr;
         let refusals = Arc::new(AtomicU64::new(0));
-        let outcome = self.measure(
+        let (outcome, cpu) = self.measure_on(
+            &running.server,
             "4",
             |i| Contender::connect(addr, i, refusals.clone()),
             CLIENTS,
@@ -468,9 +503,10 @@ impl Bench {
         let total = self.settings.period.warm_up + self.settings.period.measured;
         let refused = refusals.load(Ordering::Relaxed) as f64 / total.as_secs_f64();
         row.comparison = format!(
-            "grants per client {min}–{max}, Jain fairness {:.2}; {} refusals (423)/s; latency is lock-wait + cycle",
+            "grants per client {min}–{max}, Jain fairness {:.2}; {} refusals (423)/s; latency is lock-wait + cycle; server CPU {} µs/request",
             outcome.fairness(),
-            thousands(refused)
+            thousands(refused),
+            cpu_per(cpu, 2.0 * outcome.rate() + refused, self.settings.period)
         );
         self.report.rows.push(row);
         running.server.stop()
@@ -479,18 +515,24 @@ impl Bench {
     async fn connection_per_request(&mut self) -> anyhow::Result<()> {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
         let addr = running.server.addr;
-        let outcome = self.measure(
+        let (outcome, cpu) = self.measure_on(
+            &running.server,
             "5",
             |i| async move { Ok(FreshConnectionCycle::new(addr, i)) },
             CLIENTS,
         )?;
         let mut row = Row::measured("5", "One connection per request", &outcome, "cycles/s");
-        if let Some(base) = &self.durable_many {
-            row.comparison = format!(
-                "{} of keep-alive (scenario 2)",
+        let cpu_note = format!(
+            "server CPU {} µs/request (a connection each)",
+            cpu_per(cpu, 2.0 * outcome.rate(), self.settings.period)
+        );
+        row.comparison = match &self.durable_many {
+            Some(base) => format!(
+                "{} of keep-alive (scenario 2); {cpu_note}",
                 percent(outcome.rate(), base.rate())
-            );
-        }
+            ),
+            None => cpu_note,
+        };
         self.report.rows.push(row);
         running.server.stop()
     }
