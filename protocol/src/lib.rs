@@ -35,22 +35,35 @@ pub struct Lock {
     #[serde(default)]
     pub token: Option<u64>,
     /// Who holds the lock, sorted by requestor.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub holders: Vec<Holder>,
 }
 
-/// One requestor's claims on a lock.
+/// One requestor's claims on a lock. Read leniently too: what a server leaves out (or sends
+/// as `null`) takes its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub requestor: String,
+    #[serde(default)]
     pub count: u64,
     /// When its first current claim was made; `null` when unknown.
+    #[serde(default)]
     pub since: Option<String>,
     /// When its claims expire; `null`: never.
+    #[serde(default)]
     pub expires_at: Option<String>,
     /// Who the claims are for (`team`, `pipeline`, `job`, `build`, `build_url`, ...).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub owner: BTreeMap<String, String>,
+}
+
+/// Reads `null` as the type's default.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// How many fields an owner may have.

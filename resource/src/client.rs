@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 use ureq::tls::{PemItem, TlsConfig};
@@ -59,7 +59,7 @@ pub struct Lock {
     pub token: Option<u64>,
     /// Who holds the lock, one entry per requestor sorted by requestor; empty when free, or
     /// from a server without leases (see [`Lock::locked_by`] then).
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "locker_protocol::null_as_default")]
     pub holders: Vec<Holder>,
     /// The object exactly as the server sent it, fields this version does not know included.
     #[serde(skip)]
@@ -67,45 +67,18 @@ pub struct Lock {
 }
 
 /// One requestor's claims on a lock, as a server with leases describes them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Holder {
-    /// Who claims.
-    pub requestor: String,
-    /// How many claims.
-    #[serde(default)]
-    pub count: u64,
-    /// When the requestor first claimed (RFC 3339).
-    #[serde(default)]
-    pub since: Option<String>,
-    /// When the requestor's claims expire unless renewed (RFC 3339); `None`: held until
-    /// unlocked.
-    #[serde(default)]
-    pub expires_at: Option<String>,
-    /// The build that claimed, as its `lock` sent it (see [`crate::BuildEnv::owner`]).
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub owner: BTreeMap<String, String>,
-}
+pub use locker_protocol::Holder;
 
-impl Holder {
-    /// The holder for a log line: the build when its owner names one,
-    /// `main/prod/deploy #12 (https://...) as 'deploy-12' (1 claim)`, else `'deploy-12' (1 claim)`.
-    pub fn describe(&self) -> String {
-        let build = crate::BuildEnv::from_owner(&self.owner);
-        let claims = claims_text(self.count);
-        if build.is_known() {
-            format!("{} as '{}' ({claims})", build.describe(), self.requestor)
-        } else {
-            format!("'{}' ({claims})", self.requestor)
-        }
+/// A holder for a log line: the build when its owner names one,
+/// `main/prod/deploy #12 (https://...) as 'deploy-12' (1 claim)`, else `'deploy-12' (1 claim)`.
+pub fn describe_holder(holder: &Holder) -> String {
+    let build = crate::BuildEnv::from_owner(&holder.owner);
+    let claims = claims_text(holder.count);
+    if build.is_known() {
+        format!("{} as '{}' ({claims})", build.describe(), holder.requestor)
+    } else {
+        format!("'{}' ({claims})", holder.requestor)
     }
-}
-
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 fn claims_text(count: u64) -> String {
@@ -175,7 +148,7 @@ impl Lock {
             return self
                 .holders
                 .iter()
-                .map(Holder::describe)
+                .map(describe_holder)
                 .collect::<Vec<_>>()
                 .join(", ");
         }
