@@ -16,25 +16,19 @@ pub trait Backend: Send + 'static {
     fn table(&self) -> &LockTable;
 
     /// Releases the claims whose deadline is at or before `now`, decides `requests` in order at
-    /// `now`, and commits what they change as one durable unit; returns only once it would
-    /// survive a crash. On error nothing of the batch is committed.
+    /// `now`, and commits what they change as one durable unit; returns one decision per
+    /// request, only once the batch would survive a crash. On error nothing of the batch is
+    /// committed.
     fn decide_and_commit(
         &mut self,
         requests: &[Request],
         now: SystemTime,
-    ) -> Result<Committed, CommitError>;
+    ) -> Result<Vec<Decision>, CommitError>;
 
     /// Called once when the writer stops.
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// A committed batch: one decision per request, and the table afterwards.
-#[derive(Debug)]
-pub struct Committed {
-    pub decisions: Vec<Decision>,
-    pub table: LockTable,
 }
 
 /// Why a batch was not committed, worded for the client (what could not be done, and why).

@@ -169,12 +169,12 @@ fn run_writer(
             jobs.into_iter().map(|job| (job.request, job.reply)).unzip();
         let revision = backend.table().revision;
         match backend.decide_and_commit(&requests, now) {
-            Ok(committed) => {
+            Ok(decisions) => {
                 last_failed = false;
-                if committed.table.revision != revision {
-                    publish.send_replace(committed.table);
+                if backend.table().revision != revision {
+                    publish.send_replace(backend.table().clone());
                 }
-                for (reply, decision) in replies.into_iter().zip(committed.decisions) {
+                for (reply, decision) in replies.into_iter().zip(decisions) {
                     let _ = reply.send(Ok(decision));
                 }
             }

@@ -15,8 +15,8 @@ use std::time::SystemTime;
 
 pub use state_file::{END_LINE, Format, OpenError, StateFile, to_bytes};
 
-use super::backend::{Backend, CommitError, Committed, Request};
-use crate::domain::LockTable;
+use super::backend::{Backend, CommitError, Request};
+use crate::domain::{Decision, LockTable};
 
 /// The lock table, held in memory and made durable in a [`StateFile`].
 #[derive(Debug)]
@@ -49,7 +49,7 @@ impl Backend for FileBackend {
         &mut self,
         requests: &[Request],
         now: SystemTime,
-    ) -> Result<Committed, CommitError> {
+    ) -> Result<Vec<Decision>, CommitError> {
         let mut batch = self.table.batch();
         batch.expire_due(now);
         let decisions = requests
@@ -65,10 +65,7 @@ impl Backend for FileBackend {
             })?;
             self.table.commit(changes);
         }
-        Ok(Committed {
-            decisions,
-            table: self.table.clone(),
-        })
+        Ok(decisions)
     }
 
     /// Folds the journal into the state file, so that after a clean stop the state file alone
