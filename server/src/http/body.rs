@@ -34,6 +34,51 @@ pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     names::lock_name_from_path(segment).map_err(ApiError::bad_request)
 }
 
+/// The lock name and request id of `/lock/{name}/queue/{id}`, if the path is one.
+pub(super) fn queue_path(req: &Request) -> Option<Result<(String, String), ApiError>> {
+    let rest = req.uri().path().strip_prefix("/lock/")?;
+    let (segment, id) = rest.split_once("/queue/")?;
+    Some(queue_place(segment, id))
+}
+
+fn queue_place(segment: &str, id: &str) -> Result<(String, String), ApiError> {
+    let name = names::lock_name_from_path(segment).map_err(ApiError::bad_request)?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "the request id in the path is not valid UTF-8 once percent-decoded".into(),
+            )
+        })?;
+    names::check_request_id(&id).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request id in the path ({IDEMPOTENCY_KEY}): {e}"
+        ))
+    })?;
+    Ok((name, id.into_owned()))
+}
+
+/// The `wait` query parameter of a lock request: how long it may wait in the lock's queue,
+/// like `50s` or `2m` (a bare number counts seconds).
+pub(super) fn wait_query(req: &Request) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = req.uri().query() else {
+        return Ok(None);
+    };
+    let Some(value) = query.split('&').find_map(|pair| pair.strip_prefix("wait=")) else {
+        return Ok(None);
+    };
+    let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+    let parsed = match value.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(&value),
+    };
+    parsed.map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "query parameter 'wait' ({value:?}) is not a duration; write it like 50s or 2m"
+        ))
+    })
+}
+
 /// The lock name and action of `POST /lock/{name}/{action}`.
 pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {
     let rest = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
