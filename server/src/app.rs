@@ -63,7 +63,7 @@ impl Builder {
     /// Opens the state file, checks TLS and binds the port; nothing is served yet.
     pub async fn build(self) -> Result<Application, ServerError> {
         let config = self.config;
-        let (backend, format) = FileBackend::open(&config.state_file)?;
+        let (backend, format) = FileBackend::open_keeping(&config.state_file, config.history_max)?;
         let tls = config
             .tls
             .as_ref()

@@ -42,6 +42,8 @@ Environment:
   LOCKER_DEFAULT_TTL  how long a claim lives when its lock request gives no ttl, like 12h
                  (default: unset, such claims never expire, as with the original server)
   LOCKER_MAX_TTL the longest ttl a claim may ask for (default: 7d)
+  LOCKER_HISTORY_MAX how many history entries are kept, oldest dropped first
+                 (default: 100000)
   LOCKER_MAX_WAIT    the longest a lock request may wait in a queue (?wait=); a longer
                  wait is cut to it (default: 60s, at most 1h)
   LOCKER_QUEUE_GRACE how long a waiter with an Idempotency-Key keeps its place (and a
@@ -90,6 +92,8 @@ pub struct Config {
     pub max_wait: Duration,
     /// How long a waiter's place (and a grant made to it) outlives its request.
     pub queue_grace: Duration,
+    /// How many history entries are kept.
+    pub history_max: usize,
 }
 
 impl Config {
@@ -157,6 +161,17 @@ impl Config {
             .map(|v| duration("LOCKER_QUEUE_GRACE", &v))
             .transpose()?
             .unwrap_or(DEFAULT_QUEUE_GRACE);
+        let history_max = match var("LOCKER_HISTORY_MAX") {
+            None => crate::domain::DEFAULT_HISTORY_MAX,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=10_000_000).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "LOCKER_HISTORY_MAX={v:?} is not a number of entries from 1 to 10000000"
+                    ));
+                }
+            },
+        };
         Ok(Config {
             state_file,
             state_file_is_default,
@@ -168,6 +183,7 @@ impl Config {
             max_ttl,
             max_wait,
             queue_grace,
+            history_max,
         })
     }
 
@@ -271,6 +287,8 @@ mod tests {
             (("LOCKER_MAX_WAIT", "2h"), "more than an hour"),
             (("LOCKER_QUEUE_GRACE", "0s"), "more than zero"),
             (("LOCKER_MAX_WAIT", "a while"), "not a duration"),
+            (("LOCKER_HISTORY_MAX", "0"), "from 1 to"),
+            (("LOCKER_HISTORY_MAX", "lots"), "not a number"),
         ];
         for ((name, value), expected) in cases {
             let err = config(&[(name, value)]).unwrap_err();

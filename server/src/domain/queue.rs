@@ -35,6 +35,8 @@ pub struct Waiter {
     pub(super) poll: Option<u64>,
     /// When its place lapses: set when its poll ends, cleared when a poll resumes it.
     pub(super) lapses_at: Option<SystemTime>,
+    /// The client's address, for the history.
+    pub(super) client: Option<String>,
 }
 
 /// A claim granted from the queue, remembered for its waiter's grace.

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::history::{Action, DEFAULT_HISTORY_MAX, Entry};
 use super::queue::{Grant, Place, Queue, Waiter};
 
 /// How many request ids a lock remembers: enough for the retries of every sharer of a key
@@ -317,6 +318,10 @@ pub struct Claim {
     pub ttl: Option<Duration>,
     /// Who the claim is for; `None` keeps what the holder had.
     pub owner: Option<Owner>,
+    /// Why (a force-release says), for the history.
+    pub reason: Option<String>,
+    /// The client's address, for the history.
+    pub client: Option<String>,
 }
 
 impl Claim {
@@ -493,6 +498,38 @@ fn decide_afresh(
     }
 }
 
+static NO_OWNER: Owner = Owner::new();
+
+/// What a history entry says, before it has an id.
+struct Record<'a> {
+    action: Action,
+    requestor: &'a str,
+    key: &'a str,
+    owner: &'a Owner,
+    token: Option<u64>,
+    revision: u64,
+    reason: Option<&'a str>,
+    client: Option<&'a str>,
+}
+
+impl Record<'_> {
+    fn at(self, id: u64, lock: &str, now: SystemTime) -> Entry {
+        Entry {
+            id,
+            at: now,
+            lock: lock.to_owned(),
+            action: self.action,
+            requestor: self.requestor.to_owned(),
+            key: self.key.to_owned(),
+            owner: self.owner.clone(),
+            token: self.token,
+            revision: self.revision,
+            reason: self.reason.map(str::to_owned),
+            client: self.client.map(str::to_owned),
+        }
+    }
+}
+
 /// Locks by name, in name order: a persistent map, so a copy costs nothing and a change
 /// copies only the path to the changed lock. That is what lets the store publish every
 /// committed table as an immutable snapshot.
@@ -506,13 +543,32 @@ pub type Deadlines = imbl::OrdSet<(SystemTime, Arc<str>)>;
 
 /// Every known lock, the table-wide revision counter, the queues, and when the next lease or
 /// place ends. Cloning it is cheap (see [`Locks`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockTable {
     /// Incremented by every change; never goes backwards.
     pub revision: u64,
     pub locks: Locks,
     queues: Queues,
     deadlines: Deadlines,
+    /// The latest history entries, oldest first, at most `history_max`.
+    history: imbl::Vector<Arc<Entry>>,
+    /// The id of the latest entry ever made (0: none yet).
+    history_id: u64,
+    history_max: usize,
+}
+
+impl Default for LockTable {
+    fn default() -> LockTable {
+        LockTable {
+            revision: 0,
+            locks: Locks::default(),
+            queues: Queues::default(),
+            deadlines: Deadlines::default(),
+            history: imbl::Vector::new(),
+            history_id: 0,
+            history_max: DEFAULT_HISTORY_MAX,
+        }
+    }
 }
 
 impl LockTable {
@@ -548,6 +604,32 @@ impl LockTable {
         &self.queues
     }
 
+    /// The latest history entries, oldest first.
+    pub fn history(&self) -> &imbl::Vector<Arc<Entry>> {
+        &self.history
+    }
+
+    /// The id of the latest history entry ever made.
+    pub fn history_id(&self) -> u64 {
+        self.history_id
+    }
+
+    /// Takes in history read from storage (oldest first), keeping the latest `max` entries.
+    pub fn load_history(&mut self, entries: impl IntoIterator<Item = Entry>, max: usize) {
+        self.history_max = max;
+        for entry in entries {
+            self.history_id = self.history_id.max(entry.id);
+            self.history.push_back(Arc::new(entry));
+        }
+        self.trim_history();
+    }
+
+    fn trim_history(&mut self) {
+        while self.history.len() > self.history_max {
+            self.history.pop_front();
+        }
+    }
+
     /// The earliest deadline of any holder, place or grant.
     pub fn next_deadline(&self) -> Option<SystemTime> {
         self.deadlines.get_min().map(|(at, _)| *at)
@@ -561,6 +643,8 @@ impl LockTable {
             changes: BTreeMap::new(),
             queues: BTreeMap::new(),
             answers: Vec::new(),
+            history: Vec::new(),
+            history_id: self.history_id,
         }
     }
 
@@ -568,8 +652,16 @@ impl LockTable {
     pub fn commit(&mut self, changes: Changes) {
         self.revision = changes.revision;
         let Changes {
-            mut locks, queues, ..
+            mut locks,
+            queues,
+            history,
+            ..
         } = changes;
+        for entry in history {
+            self.history_id = self.history_id.max(entry.id);
+            self.history.push_back(Arc::new(entry));
+        }
+        self.trim_history();
         for (name, queue) in queues {
             let lock = locks.remove(&name);
             self.update(Arc::from(name), lock, Some(queue));
@@ -654,6 +746,8 @@ pub struct Batch<'a> {
     changes: BTreeMap<String, Lock>,
     queues: BTreeMap<String, Queue>,
     answers: Vec<PollAnswer>,
+    history: Vec<Entry>,
+    history_id: u64,
 }
 
 /// What a batch did: the locks to write (durable), the queues to take in (volatile), the new
@@ -664,6 +758,8 @@ pub struct Changes {
     pub locks: BTreeMap<String, Lock>,
     pub queues: BTreeMap<String, Queue>,
     pub answers: Vec<PollAnswer>,
+    /// The history entries of the changes, in order.
+    pub history: Vec<Entry>,
 }
 
 impl Changes {
@@ -713,9 +809,25 @@ impl<'a> Batch<'a> {
         let revision = self.revision;
         for name in &due {
             let mut lock = self.lock(name).clone();
+            let before = lock.clone();
             if lock.expire(now) {
                 self.revision += 1;
                 lock.revision = self.revision;
+                for holder in before.locked_by.entries() {
+                    if lock.locked_by.holder(&holder.requestor).is_none() {
+                        let entry = Record {
+                            action: Action::Expire,
+                            requestor: &holder.requestor,
+                            key: &before.key,
+                            owner: &holder.owner,
+                            token: before.token,
+                            revision: lock.revision,
+                            reason: Some("its lease ended"),
+                            client: None,
+                        };
+                        self.record(name, entry, now);
+                    }
+                }
                 self.changes.insert(name.to_string(), lock);
             }
             self.lapse(name, now);
@@ -742,7 +854,8 @@ impl<'a> Batch<'a> {
             .partition(|g| g.lapses_at <= now);
         queue.granted = kept;
         for grant in lapsed.into_iter().filter(|g: &Grant| !g.collected) {
-            self.release_grant(name, &grant, now);
+            let why = "granted from the queue, but nobody collected it within the grace";
+            self.release_grant(name, &grant, why, now);
         }
     }
 
@@ -755,7 +868,7 @@ impl<'a> Batch<'a> {
             Op::StopWaiting { poll } => self.stop_waiting(name, poll, false, now),
             Op::Abandon { poll } => self.stop_waiting(name, poll, true, now),
             Op::Withdraw => (self.withdraw(name, claim, now), None),
-            Op::ForceRelease => (self.force_release(name, claim), None),
+            Op::ForceRelease => (self.force_release(name, claim, now), None),
         };
         self.promote(name, now);
         Decision {
@@ -774,13 +887,36 @@ impl<'a> Batch<'a> {
         let was_free = current.is_free();
         let (verdict, next) = decide(current, op, claim, others_waiting, now);
         if let Some(mut next) = next {
-            self.revision += 1;
+            let revision = self.revision + 1;
             if op != Op::Renew {
-                next.revision = self.revision;
+                next.revision = revision;
             }
             if was_free && !next.is_free() {
-                next.token = Some(self.revision);
+                next.token = Some(revision);
             }
+            let action = match op {
+                Op::Unlock => Action::Unlock,
+                Op::Renew => Action::Renew,
+                _ => Action::Lock,
+            };
+            let holder = next
+                .locked_by
+                .holder(&claim.requestor)
+                .or_else(|| current.locked_by.holder(&claim.requestor));
+            let entry = Record {
+                action,
+                requestor: &claim.requestor,
+                key: &claim.key,
+                owner: holder.map_or(&NO_OWNER, |h| &h.owner),
+                token: next.token.or(current.token),
+                revision: next.revision,
+                reason: claim.reason.as_deref(),
+                client: claim.client.as_deref(),
+            }
+            .at(self.history_id + 1, name, now);
+            self.revision = revision;
+            self.history_id += 1;
+            self.history.push(entry);
             self.changes.insert(name.to_owned(), next);
         } else if verdict == Verdict::Acquired {
             // A retry of a lock that was granted: the grant is collected.
@@ -831,6 +967,7 @@ impl<'a> Batch<'a> {
             grace,
             poll: Some(poll),
             lapses_at: None,
+            client: claim.client.clone(),
         }));
         (Verdict::Queued, Some(queue.place(queue.len() - 1)))
     }
@@ -872,7 +1009,8 @@ impl<'a> Batch<'a> {
                 if grant.request_id.is_none() {
                     // Nobody can ever collect it: release it now.
                     let grant = queue.granted.remove(i);
-                    self.release_grant(name, &grant, now);
+                    let why = "granted from the queue to a client that had gone";
+                    self.release_grant(name, &grant, why, now);
                 }
                 (Verdict::Released, None)
             }
@@ -901,7 +1039,8 @@ impl<'a> Batch<'a> {
         }
         if let Some(i) = grant {
             let grant = self.queue_mut(name).granted.remove(i);
-            if self.release_grant(name, &grant, now) {
+            let why = "granted from the queue, then withdrawn";
+            if self.release_grant(name, &grant, why, now) {
                 verdict = Verdict::Released;
             }
         }
@@ -910,7 +1049,7 @@ impl<'a> Batch<'a> {
 
     /// Releases every claim on the lock; the next key to take it gets a greater token. A
     /// retry (the same request id) releases nothing more.
-    fn force_release(&mut self, name: &str, claim: &Claim) -> Verdict {
+    fn force_release(&mut self, name: &str, claim: &Claim, now: SystemTime) -> Verdict {
         let lock = self.lock(name);
         let retried = claim
             .request_id
@@ -928,8 +1067,21 @@ impl<'a> Batch<'a> {
         if let Some(id) = &claim.request_id {
             next.remember(id);
         }
+        next.revision = self.revision + 1;
+        let entry = Record {
+            action: Action::ForceRelease,
+            requestor: &claim.requestor,
+            key: &lock.key,
+            owner: claim.owner.as_ref().unwrap_or(&NO_OWNER),
+            token: lock.token,
+            revision: next.revision,
+            reason: claim.reason.as_deref(),
+            client: claim.client.as_deref(),
+        }
+        .at(self.history_id + 1, name, now);
         self.revision += 1;
-        next.revision = self.revision;
+        self.history_id += 1;
+        self.history.push(entry);
         self.changes.insert(name.to_owned(), next);
         // The grants of that tenure went with it.
         if self
@@ -954,13 +1106,16 @@ impl<'a> Batch<'a> {
     }
 
     /// Releases one claim of a grant's requestor, if that claim is still of the grant's tenure;
-    /// true if it released one.
-    fn release_grant(&mut self, name: &str, grant: &Grant, now: SystemTime) -> bool {
+    /// true if it released one. `why` goes into the history.
+    fn release_grant(&mut self, name: &str, grant: &Grant, why: &str, now: SystemTime) -> bool {
         let lock = self.lock(name);
         if lock.token != Some(grant.token) || lock.locked_by.get(&grant.requestor).is_none() {
             return false;
         }
-        let claim = Claim::new(lock.key.clone(), grant.requestor.clone());
+        let claim = Claim {
+            reason: Some(why.to_owned()),
+            ..Claim::new(lock.key.clone(), grant.requestor.clone())
+        };
         self.change(name, Op::Unlock, &claim, now) == Verdict::Released
     }
 
@@ -976,6 +1131,7 @@ impl<'a> Batch<'a> {
         let queue = self.queue_mut(name);
         let key = queue.waiting[0].key.clone();
         let mut answered = Vec::new();
+        let mut granted = Vec::new();
         while queue.waiting.front().is_some_and(|w| w.key == key) {
             let waiter = queue.waiting.pop_front().expect("the front was just seen");
             let claim = Claim {
@@ -984,6 +1140,7 @@ impl<'a> Batch<'a> {
                 request_id: waiter.request_id.clone(),
                 ttl: waiter.ttl,
                 owner: Some(waiter.owner.clone()),
+                ..Claim::default()
             };
             next.locked_by.add(&claim, now);
             if let Some(id) = &waiter.request_id {
@@ -998,15 +1155,40 @@ impl<'a> Batch<'a> {
                 lapses_at: now + waiter.grace,
             });
             answered.extend(waiter.poll);
+            granted.push(waiter);
         }
         next.key = key;
         next.locked_at = Some(now);
         next.token = Some(revision);
         next.revision = revision;
+        for waiter in granted {
+            let entry = Record {
+                action: Action::Granted,
+                requestor: &waiter.requestor,
+                key: &waiter.key,
+                owner: &waiter.owner,
+                token: Some(revision),
+                revision,
+                reason: None,
+                client: waiter.client.as_deref(),
+            };
+            let entry = entry.at(self.next_history_id(), name, now);
+            self.history.push(entry);
+        }
         self.changes.insert(name.to_owned(), next);
         for poll in answered {
             self.answer(name, poll, Verdict::Acquired, None);
         }
+    }
+
+    fn next_history_id(&mut self) -> u64 {
+        self.history_id += 1;
+        self.history_id
+    }
+
+    fn record(&mut self, name: &str, entry: Record<'_>, now: SystemTime) {
+        let entry = entry.at(self.next_history_id(), name, now);
+        self.history.push(entry);
     }
 
     /// Queues an answer for poll `poll`, with the lock as it stands now.
@@ -1043,6 +1225,7 @@ impl<'a> Batch<'a> {
             locks: self.changes,
             queues: self.queues,
             answers: self.answers,
+            history: self.history,
         }
     }
 }

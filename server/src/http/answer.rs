@@ -11,7 +11,9 @@ use serde_json::json;
 
 use locker_protocol::timestamp;
 
-use crate::domain::{Claim, Decision, Holder, Holders, Lock, LockTable, Place, Queue, Verdict};
+use crate::domain::{
+    Claim, Decision, Entry, Holder, Holders, Lock, LockTable, Place, Queue, Verdict,
+};
 
 /// A refused request: the status and the message of its JSON error body.
 pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
@@ -138,6 +140,47 @@ pub(super) fn decision_response(name: &str, claim: &Claim, decision: &Decision) 
                 .filter(|_| decision.verdict == Verdict::Queued),
         },
     )
+}
+
+/// A page of history, newest first: the entries of `lock` (or of every lock) with ids below
+/// the page's `before`, at most its `limit`.
+pub(super) fn history_response(
+    table: &LockTable,
+    lock: Option<&str>,
+    page: super::body::HistoryPage,
+) -> Response {
+    let entries: Vec<EntryJson<'_>> = table
+        .history()
+        .iter()
+        .rev()
+        .filter(|e| page.before.is_none_or(|before| e.id < before))
+        .filter(|e| lock.is_none_or(|name| e.lock == name))
+        .take(page.limit)
+        .map(|e| EntryJson(e))
+        .collect();
+    json_response(StatusCode::OK, &entries)
+}
+
+/// One history entry as the API writes it.
+struct EntryJson<'a>(&'a Entry);
+
+impl Serialize for EntryJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut map = s.serialize_map(Some(11))?;
+        map.serialize_entry("id", &e.id)?;
+        map.serialize_entry("time", &timestamp(e.at))?;
+        map.serialize_entry("lock", &e.lock)?;
+        map.serialize_entry("op", e.action.as_str())?;
+        map.serialize_entry("requestor", &e.requestor)?;
+        map.serialize_entry("key", &e.key)?;
+        map.serialize_entry("owner", &e.owner)?;
+        map.serialize_entry("token", &e.token)?;
+        map.serialize_entry("revision", &e.revision)?;
+        map.serialize_entry("reason", &e.reason)?;
+        map.serialize_entry("client", &e.client)?;
+        map.end()
+    }
 }
 
 /// The answer to a force-release: 200 with the lock as it stands afterwards.

@@ -34,7 +34,59 @@ pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     if segment.contains("/queue/") {
         return Err(queue_method());
     }
+    if segment.ends_with("/history") {
+        return Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a lock's history is read with GET /lock/NAME/history".into(),
+        ));
+    }
     names::lock_name_from_path(segment).map_err(ApiError::bad_request)
+}
+
+/// The lock name of `GET /lock/{name}/history`, if the path is one.
+pub(super) fn history_path(req: &Request) -> Option<Result<String, ApiError>> {
+    let rest = req.uri().path().strip_prefix("/lock/")?;
+    let segment = rest.strip_suffix("/history")?;
+    Some(names::lock_name_from_path(segment).map_err(ApiError::bad_request))
+}
+
+/// Which page of a history: at most `limit` entries (default 100, at most 1,000), all with ids
+/// below `before` (exclusive) when given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HistoryPage {
+    pub(super) limit: usize,
+    pub(super) before: Option<u64>,
+}
+
+/// The most entries one history page holds.
+pub(super) const MAX_HISTORY_PAGE: usize = 1000;
+
+/// The `limit` and `before` query parameters of a history read.
+pub(super) fn history_page(req: &Request) -> Result<HistoryPage, ApiError> {
+    let mut page = HistoryPage {
+        limit: 100,
+        before: None,
+    };
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        if let Some(value) = pair.strip_prefix("limit=") {
+            page.limit = value
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_HISTORY_PAGE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "query parameter 'limit' ({value:?}) must be a number from 1 to {MAX_HISTORY_PAGE}"
+                    ))
+                })?;
+        } else if let Some(value) = pair.strip_prefix("before=") {
+            page.before = Some(value.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "query parameter 'before' ({value:?}) must be an entry id"
+                ))
+            })?);
+        }
+    }
+    Ok(page)
 }
 
 fn queue_method() -> ApiError {
@@ -145,6 +197,12 @@ pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {
     let rest = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
     if rest.contains("/queue/") {
         return Err(queue_method());
+    }
+    if rest.ends_with("/history") {
+        return Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a lock's history is read with GET /lock/NAME/history".into(),
+        ));
     }
     let Some((segment, action)) = rest.rsplit_once('/') else {
         return Err(ApiError(

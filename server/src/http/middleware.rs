@@ -40,6 +40,8 @@ pub(super) async fn allow_header<E: Endpoint<Output = Response>>(
         "POST"
     } else if path.starts_with("/lock/") && path.contains("/queue/") {
         "DELETE"
+    } else if path.starts_with("/lock/") && path.ends_with("/history") {
+        "GET"
     } else if path.starts_with("/lock/") {
         "GET, PUT, DELETE"
     } else {

@@ -23,7 +23,10 @@ use crate::store::{LockStore, Request as LockRequest, StoreError};
 use answer::{
     LockJson, QueueJson, decision_response, error_response, json_response, withdrawal_response,
 };
-use body::{lock_action, lock_name, queue_path, read_claim, read_release, request_id, wait_query};
+use body::{
+    history_page, history_path, lock_action, lock_name, queue_path, read_claim, read_release,
+    request_id, wait_query,
+};
 pub(crate) use middleware::Access;
 use middleware::Role;
 
@@ -53,6 +56,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .at("/healthz", get(healthz))
         .at("/openapi.yaml", get(openapi))
         .at("/locks", get(list_locks))
+        .at("/history", get(all_history))
         .at(
             "/lock/*name",
             get(show_lock)
@@ -104,8 +108,26 @@ fn list_locks(api: Data<&Arc<Api>>) -> Response {
         )))
 }
 
+/// `GET /history?limit=N&before=ID`: the latest changes to every lock, newest first.
+#[handler]
+fn all_history(req: &Request, api: Data<&Arc<Api>>) -> Response {
+    match history_page(req) {
+        Ok(page) => answer::history_response(&api.store.snapshot(), None, page),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /lock/{name}` and `GET /lock/{name}/history`.
 #[handler]
 fn show_lock(req: &Request, api: Data<&Arc<Api>>) -> Response {
+    if let Some(name) = history_path(req) {
+        return match (name, history_page(req)) {
+            (Ok(name), Ok(page)) => {
+                answer::history_response(&api.store.snapshot(), Some(&name), page)
+            }
+            (Err(e), _) | (_, Err(e)) => e.into_response(),
+        };
+    }
     match lock_name(req) {
         Ok(name) => {
             let snapshot = api.store.snapshot();
@@ -236,6 +258,8 @@ async fn force_release(req: &Request, body: Body, api: &Api, name: String) -> Re
         op: Op::ForceRelease,
         claim: Claim {
             request_id,
+            reason: Some(reason.clone()),
+            client: client_address(req),
             ..Claim::new("", by.clone())
         },
     };
@@ -248,6 +272,12 @@ async fn force_release(req: &Request, body: Body, api: &Api, name: String) -> Re
         }
         Err(e) => store_error(&e),
     }
+}
+
+/// The client's IP address, for the history.
+fn client_address(req: &Request) -> Option<String> {
+    let address = req.remote_addr().as_socket_addr()?;
+    Some(address.ip().to_canonical().to_string())
 }
 
 /// The user name of the request's basic auth, if it has one.
@@ -279,6 +309,7 @@ async fn read_request(req: &Request, body: Body, api: &Api, op: Op) -> Result<Cl
     let claim = match (request_id(req), read_claim(body).await) {
         (Ok(request_id), Ok(claim)) => Claim {
             request_id,
+            client: client_address(req),
             ..claim
         },
         (Err(e), _) | (_, Err(e)) => return Err(e.into_response()),

@@ -54,6 +54,10 @@ pub enum StoreError {
 type Reply = oneshot::Sender<Result<Decision, StoreError>>;
 
 /// What the writer is sent.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "all messages but one (at shutdown) are jobs: boxing them would cost an allocation each"
+)]
 enum Message {
     /// A request, and where its decision goes; none for the store's own requests (the end of
     /// a poll), which nobody waits for.
@@ -389,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn commits_are_published_to_subscribers_and_old_snapshots_stay_as_they_were() {
         let dir = tempfile::tempdir().unwrap();
-        let (backend, _) = FileBackend::open(&dir.path().join("locks.yml")).unwrap();
+        let (backend, _) = FileBackend::open_keeping(&dir.path().join("locks.yml"), 100).unwrap();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let clock = ManualClock::new(start);
         let (store, writer) = LockStore::start(backend, Arc::new(clock.clone())).unwrap();

@@ -3,6 +3,7 @@
 mod auth_tls;
 mod concurrency;
 mod force_release;
+mod history;
 mod in_process;
 mod leases;
 mod locks;

@@ -229,3 +229,65 @@ impl Serialize for HolderView<'_> {
         map.end()
     }
 }
+
+/// A history entry as stored, in the history file and in a journal record.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StoredEntry {
+    id: u64,
+    at: String,
+    lock: String,
+    op: String,
+    requestor: String,
+    key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    owner: Vec<(String, String)>,
+    #[serde(default)]
+    token: Option<u64>,
+    revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+}
+
+impl StoredEntry {
+    pub(super) fn of(entry: &crate::domain::Entry) -> StoredEntry {
+        StoredEntry {
+            id: entry.id,
+            at: timestamp(entry.at),
+            lock: entry.lock.clone(),
+            op: entry.action.as_str().to_owned(),
+            requestor: entry.requestor.clone(),
+            key: entry.key.clone(),
+            owner: entry
+                .owner
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            token: entry.token,
+            revision: entry.revision,
+            reason: entry.reason.clone(),
+            client: entry.client.clone(),
+        }
+    }
+
+    pub(super) fn into_entry(self) -> Result<crate::domain::Entry, String> {
+        let action = crate::domain::Action::parse(&self.op)
+            .ok_or_else(|| format!("history entry {}: unknown op '{}'", self.id, self.op))?;
+        let at = parse_time("at", Some(self.at))?.expect("a time was given");
+        Ok(crate::domain::Entry {
+            id: self.id,
+            at,
+            lock: self.lock,
+            action,
+            requestor: self.requestor,
+            key: self.key,
+            owner: self.owner.into_iter().collect(),
+            token: self.token,
+            revision: self.revision,
+            reason: self.reason,
+            client: self.client,
+        })
+    }
+}

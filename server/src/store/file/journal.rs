@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::codec::{StoredLock, StoredLockView, UniqueMap};
+use super::codec::{StoredEntry, StoredLock, StoredLockView, UniqueMap};
 use crate::domain::Changes;
 
 /// What loading the journal found.
@@ -109,9 +109,15 @@ fn parse_record(line: &[u8]) -> Result<Changes, String> {
             .map_err(|e| format!("lock '{name}': {e}"))?;
         locks.insert(name, lock);
     }
+    let history = record
+        .history
+        .into_iter()
+        .map(StoredEntry::into_entry)
+        .collect::<Result<_, _>>()?;
     Ok(Changes {
         revision: record.revision,
         locks,
+        history,
         ..Changes::default()
     })
 }
@@ -121,6 +127,9 @@ fn parse_record(line: &[u8]) -> Result<Changes, String> {
 struct StoredRecord {
     revision: u64,
     locks: UniqueMap<StoredLock>,
+    /// The history entries of the batch (records written before the history have none).
+    #[serde(default)]
+    history: Vec<StoredEntry>,
 }
 
 /// Formats one record line, checksum first.
@@ -136,9 +145,14 @@ struct Record<'a>(&'a Changes);
 
 impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
+        let history = &self.0.history;
+        let mut map = s.serialize_map(Some(2 + usize::from(!history.is_empty())))?;
         map.serialize_entry("revision", &self.0.revision)?;
         map.serialize_entry("locks", &ChangedLocks(&self.0.locks))?;
+        if !history.is_empty() {
+            let stored: Vec<StoredEntry> = history.iter().map(StoredEntry::of).collect();
+            map.serialize_entry("history", &stored)?;
+        }
         map.end()
     }
 }

@@ -6,6 +6,7 @@
 //! - [`codec`]: how a lock is written to either and read back.
 
 mod codec;
+mod history;
 mod journal;
 mod state_file;
 
@@ -26,9 +27,13 @@ pub struct FileBackend {
 }
 
 impl FileBackend {
-    /// Opens (or creates) the state file at `path` and loads its table.
-    pub fn open(path: &Path) -> Result<(FileBackend, Format), OpenError> {
-        let (file, table, format) = StateFile::open(path)?;
+    /// Opens (or creates) the state file at `path` and loads its table, keeping the latest
+    /// `history_max` history entries (in memory and in the history file beside it).
+    pub fn open_keeping(
+        path: &Path,
+        history_max: usize,
+    ) -> Result<(FileBackend, Format), OpenError> {
+        let (file, table, format) = StateFile::open_keeping(path, history_max)?;
         Ok((FileBackend { file, table }, format))
     }
 

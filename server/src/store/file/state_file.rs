@@ -38,6 +38,7 @@ use locker_protocol::names;
 use serde::Deserialize;
 
 use super::codec::{StoredLock, StoredLockView, UniqueMap};
+use super::history::HistoryFile;
 use super::journal::{self, Journal};
 use crate::domain::{Changes, Holders, Lock, LockTable};
 
@@ -90,6 +91,7 @@ pub struct StateFile {
     dir: File,
     _lock: File,
     journal: Journal,
+    history: HistoryFile,
     /// Size of the state file last written; the journal is folded in when it grows past it.
     snapshot_len: u64,
     /// True until the state file is in this server's format (a legacy file is rewritten on
@@ -102,8 +104,11 @@ const MIN_COMPACTION_LEN: u64 = 1 << 20;
 
 impl StateFile {
     /// Takes the file's lock, then loads the table (creating an empty file if there is none)
-    /// and replays the journal.
-    pub fn open(path: &Path) -> Result<(StateFile, LockTable, Format), OpenError> {
+    /// and replays the journal; keeps the latest `history_max` history entries, in memory and in the history file.
+    pub fn open_keeping(
+        path: &Path,
+        history_max: usize,
+    ) -> Result<(StateFile, LockTable, Format), OpenError> {
         let io_err = |action, source| OpenError::Io {
             path: path.to_owned(),
             action,
@@ -199,11 +204,18 @@ impl StateFile {
                 journal_path.display()
             );
         }
-        for changes in replay.batches {
+        let history_path = dir_path.join(format!("{file_name}.history"));
+        let (mut history, entries) = HistoryFile::open(&history_path, history_max)
+            .map_err(|e| io_err("opening its history file", e))?;
+        table.load_history(entries, history_max);
+        for mut changes in replay.batches {
             for name in changes.locks.keys() {
                 names::check_text("lock name", name)
                     .map_err(|e| invalid(format!("journal: lock '{name}': {e}")))?;
             }
+            // Entries that reached the history file before a crash are there already.
+            changes.history.retain(|e| e.id > table.history_id());
+            history.append(&changes.history);
             table.commit(changes);
         }
         let journal = Journal::open(&journal_path, replay.good_len)
@@ -218,6 +230,7 @@ impl StateFile {
             dir,
             _lock: lock,
             journal,
+            history,
             snapshot_len,
             needs_snapshot: format != Format::Current,
         };
@@ -242,6 +255,7 @@ impl StateFile {
             return self.write_snapshot(table, changes);
         }
         self.journal.append(&journal::encode(changes)?)?;
+        self.history.append(&changes.history);
         if self.journal.len() > MIN_COMPACTION_LEN.max(self.snapshot_len) {
             // The batch is durable already; a failed compaction is retried after the next one.
             if let Err(e) = self.write_snapshot(table, changes) {
@@ -263,6 +277,15 @@ impl StateFile {
     /// empties the journal. A crash in between is harmless: the journal's records are at or
     /// below the new file's revision and are skipped on load.
     fn write_snapshot(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
+        // The history leaves the journal with it: it must be durable in its own file first.
+        self.history.append(&changes.history);
+        let kept: Vec<&crate::domain::Entry> = table
+            .history()
+            .iter()
+            .map(|e| &**e)
+            .chain(&changes.history)
+            .collect();
+        self.history.sync(&kept)?;
         let buf = render(table, changes, self.snapshot_len as usize + 4096)?;
         if let Err(e) = self.replace_with(&buf) {
             let _ = fs::remove_file(&self.tmp_path);
