@@ -2,6 +2,7 @@
 //! real `locker` server started on a free port with a temporary state file.
 
 mod helpers;
+mod stand_in;
 
 mod auth_and_tls;
 mod leases;
