@@ -11,4 +11,5 @@ mod lost_answers;
 mod older_servers;
 mod pinned_certificates;
 mod protocol;
+mod queue;
 mod waiting;
