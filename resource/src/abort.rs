@@ -4,14 +4,16 @@
 //! waits in a lock's queue, `out` then withdraws its place (`DELETE /lock/{name}/queue/{id}`,
 //! which also releases a grant that crossed the abort), giving that request 1.5 s, and exits
 //! with 128 + the signal's number: within 2 s, holding nothing. At any other time it exits at
-//! once, as it would without handlers. Once the put's output is decided ([`Abort::finish`]), a
-//! signal is ignored: the lock is taken and named in the output Concourse is about to read, and
+//! once, as it would without handlers. Once the put's outcome is decided ([`Abort::finish`]), a
+//! signal is ignored: a lock taken is named in the output Concourse is about to read, and
 //! stopping then would leave it held with nobody knowing.
 //!
 //! A thread of its own reads the signals, because the main thread is blocked in a request that
 //! may take as long as the server's wait. The two agree through one mutex on which of them
 //! ends the process: the signal thread marks it aborting before it withdraws, and
-//! [`Abort::finish`] then never returns, so no output is printed for a lock being given back.
+//! [`Abort::finish`] then never returns, so no output is printed for a lock being given back,
+//! and the failure of a request that the withdrawal cut short (the server answers it 409) does
+//! not end the process before the withdrawal is logged.
 
 use std::process;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,7 +46,7 @@ enum Phase {
     Running,
     /// `lock` may wait in a queue, or have just been granted the lock: a signal withdraws first.
     Queued(Place),
-    /// The output is decided and being printed: a signal is ignored.
+    /// The outcome is decided and being printed: a signal is ignored.
     Finishing,
     /// A signal came; the signal thread withdraws and ends the process.
     Aborting,
@@ -95,8 +97,9 @@ impl Abort {
         }
     }
 
-    /// The output is decided: from now on a signal is ignored. If a signal came first, this
-    /// never returns; the signal thread ends the process once it has withdrawn.
+    /// The outcome (the output or the error) is decided: from now on a signal is ignored. If a
+    /// signal came first, this never returns; the signal thread ends the process once it has
+    /// withdrawn.
     pub fn finish(&self) {
         let mut phase = self.phase();
         if matches!(*phase, Phase::Aborting) {

@@ -15,8 +15,8 @@ fn main() -> ExitCode {
     });
     locker_resource::main_with(|input| {
         let build = BuildEnv::from_lookup(|name| std::env::var(name).ok());
-        let output = locker_resource::put::run(input, &build, &abort, &mut std::io::stderr())?;
+        let outcome = locker_resource::put::run(input, &build, &abort, &mut std::io::stderr());
         abort.finish();
-        Ok::<_, locker_resource::Error>(output)
+        outcome
     })
 }
