@@ -37,6 +37,25 @@ pub struct Lock {
     /// Who holds the lock, sorted by requestor.
     #[serde(default, deserialize_with = "null_as_default")]
     pub holders: Vec<Holder>,
+    /// Who waits for the lock, first in line first; reads show it, answers to changes do not.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub queue: Vec<Waiter>,
+}
+
+/// One request waiting in a lock's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    pub requestor: String,
+    pub key: String,
+    /// When it joined the queue (RFC 3339, UTC).
+    pub since: String,
+    /// Who it waits for, as its lock request said.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub owner: BTreeMap<String, String>,
 }
 
 /// One requestor's claims on a lock. Read leniently too: what a server leaves out (or sends

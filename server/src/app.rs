@@ -17,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http;
 use crate::net::connection::{self, Limited};
+use crate::net::peers::{PeerAcceptor, Peers};
 use crate::net::tls::{TlsAcceptor, load_tls};
 use crate::store::LockStore;
 use crate::store::file::{FileBackend, Format, OpenError};
@@ -77,6 +78,8 @@ impl Builder {
                     source,
                 })?;
         let address = crate::net::local_addr(&tcp, bound);
+        let peers = Peers::default();
+        let tcp = PeerAcceptor::new(tcp, peers.clone());
         let (acceptor, scheme) = match tls {
             Some(tls_config) => (TlsAcceptor::new(tcp, tls_config).boxed(), "https"),
             None => (tcp.boxed(), "http"),
@@ -93,6 +96,7 @@ impl Builder {
             clock: self.clock,
             writer,
             head_timeout: self.head_timeout,
+            peers,
         })
     }
 }
@@ -101,6 +105,8 @@ impl Builder {
 pub struct Application {
     config: Config,
     acceptor: BoxAcceptor,
+    /// The open connections, for waiting requests to watch their own.
+    peers: Peers,
     address: SocketAddr,
     scheme: &'static str,
     store: LockStore,
@@ -135,6 +141,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
+        // A stop answers every request waiting in a queue at once (503), so that the drain
+        // below is not held up by long-polls.
+        let store = self.store.clone();
+        let shutdown = async move {
+            shutdown.await;
+            store.stop_waiters();
+            drop(store);
+        };
         let api = http::Api {
             store: self.store,
             clock: self.clock,
@@ -142,6 +156,11 @@ impl Application {
                 default_ttl: self.config.default_ttl,
                 max_ttl: self.config.max_ttl,
             },
+            waiting: http::Waiting {
+                max_wait: self.config.max_wait,
+                grace: self.config.queue_grace,
+            },
+            peers: self.peers,
         };
         let app = http::app(api, self.config.auth.clone());
         let acceptor = Limited::new(

@@ -13,6 +13,14 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// write.
 pub const MAX_MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The longest wait for a queued lock when `LOCKER_MAX_WAIT` is not set.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+/// The most `LOCKER_MAX_WAIT` may be: an answer that takes longer than an hour is cut by
+/// something between client and server anyway, and a poll is cheap to repeat.
+pub const MAX_MAX_WAIT: Duration = Duration::from_secs(3600);
+/// How long a queued place outlives its poll when `LOCKER_QUEUE_GRACE` is not set.
+pub const DEFAULT_QUEUE_GRACE: Duration = Duration::from_secs(30);
+
 /// The text `locker --help` prints.
 pub const HELP: &str = "\
 locker: a lock server for Concourse pipelines
@@ -31,6 +39,10 @@ Environment:
   LOCKER_DEFAULT_TTL  how long a claim lives when its lock request gives no ttl, like 12h
                  (default: unset, such claims never expire, as with the original server)
   LOCKER_MAX_TTL the longest ttl a claim may ask for (default: 7d)
+  LOCKER_MAX_WAIT    the longest a lock request may wait in a queue (?wait=); a longer
+                 wait is cut to it (default: 60s, at most 1h)
+  LOCKER_QUEUE_GRACE how long a waiter with an Idempotency-Key keeps its place (and a
+                 grant made to it) after its request ends (default: 30s)
   RUST_LOG       log filter (default: info)
 
 An empty variable counts as unset.
@@ -69,6 +81,10 @@ pub struct Config {
     pub default_ttl: Option<Duration>,
     /// The longest ttl a claim may ask for.
     pub max_ttl: Duration,
+    /// The longest a lock request waits in a queue.
+    pub max_wait: Duration,
+    /// How long a waiter's place (and a grant made to it) outlives its request.
+    pub queue_grace: Duration,
 }
 
 impl Config {
@@ -115,6 +131,20 @@ impl Config {
                 humantime::format_duration(max_ttl)
             ));
         }
+        let max_wait = var("LOCKER_MAX_WAIT")
+            .map(|v| duration("LOCKER_MAX_WAIT", &v))
+            .transpose()?
+            .unwrap_or(DEFAULT_MAX_WAIT);
+        if max_wait > MAX_MAX_WAIT {
+            return Err(format!(
+                "LOCKER_MAX_WAIT ({}) is more than an hour; clients poll again, so a shorter wait loses nothing",
+                humantime::format_duration(max_wait)
+            ));
+        }
+        let queue_grace = var("LOCKER_QUEUE_GRACE")
+            .map(|v| duration("LOCKER_QUEUE_GRACE", &v))
+            .transpose()?
+            .unwrap_or(DEFAULT_QUEUE_GRACE);
         Ok(Config {
             state_file,
             state_file_is_default,
@@ -123,6 +153,8 @@ impl Config {
             tls,
             default_ttl,
             max_ttl,
+            max_wait,
+            queue_grace,
         })
     }
 
@@ -213,11 +245,19 @@ mod tests {
         assert_eq!(c.max_ttl, Duration::from_secs(2 * 24 * 3600));
         assert_eq!(config(&[]).unwrap().max_ttl, DEFAULT_MAX_TTL);
         assert_eq!(config(&[]).unwrap().default_ttl, None);
+        let c = config(&[("LOCKER_MAX_WAIT", "5m"), ("LOCKER_QUEUE_GRACE", "10s")]).unwrap();
+        assert_eq!(c.max_wait, Duration::from_secs(300));
+        assert_eq!(c.queue_grace, Duration::from_secs(10));
+        assert_eq!(config(&[]).unwrap().max_wait, DEFAULT_MAX_WAIT);
+        assert_eq!(config(&[]).unwrap().queue_grace, DEFAULT_QUEUE_GRACE);
         let cases = [
             (("LOCKER_DEFAULT_TTL", "soon"), "not a duration"),
             (("LOCKER_MAX_TTL", "0s"), "more than zero"),
             (("LOCKER_DEFAULT_TTL", "8d"), "more than LOCKER_MAX_TTL"),
             (("LOCKER_MAX_TTL", "10000years"), "more than the 100 years"),
+            (("LOCKER_MAX_WAIT", "2h"), "more than an hour"),
+            (("LOCKER_QUEUE_GRACE", "0s"), "more than zero"),
+            (("LOCKER_MAX_WAIT", "a while"), "not a duration"),
         ];
         for ((name, value), expected) in cases {
             let err = config(&[(name, value)]).unwrap_err();

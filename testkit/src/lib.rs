@@ -303,6 +303,7 @@ impl Drop for Locker {
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    tls: ureq::tls::TlsConfig,
     headers: Vec<(String, String)>,
 }
 
@@ -327,16 +328,26 @@ impl Client {
     }
 
     fn with_tls(tls: ureq::tls::TlsConfig) -> Client {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .tls_config(tls)
-            .build()
-            .into();
         Client {
-            agent,
+            agent: Client::agent(&tls, Duration::from_secs(30)),
+            tls,
             headers: Vec::new(),
         }
+    }
+
+    fn agent(tls: &ureq::tls::TlsConfig, timeout: Duration) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .tls_config(tls.clone())
+            .build()
+            .into()
+    }
+
+    /// Gives up on a request (and closes its connection) after `timeout` instead of 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Client {
+        self.agent = Client::agent(&self.tls, timeout);
+        self
     }
 
     /// Sends basic auth with every request.

@@ -3,9 +3,11 @@
 //! Pure: no I/O and no clock of its own (time is an argument), so every rule can be
 //! property-tested and every storage backend decides with this same code.
 
+pub mod queue;
 pub mod rules;
 
+pub use queue::{Place, Queue, Waiter};
 pub use rules::{
     Batch, Changes, Claim, Decision, Holder, Holders, Lock, LockTable, Locks, Op, Owner,
-    REMEMBERED_REQUESTS, Verdict,
+    PollAnswer, REMEMBERED_REQUESTS, Verdict,
 };

@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::queue::{Grant, Place, Queue, Waiter};
+
 /// How many request ids a lock remembers: enough for the retries of every sharer of a key
 /// in flight at once; older ids are forgotten first.
 pub const REMEMBERED_REQUESTS: usize = 8;
@@ -331,10 +333,28 @@ impl Claim {
 /// What a request wants done to a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// Claim the lock if it can be had now.
     Lock,
+    /// Claim the lock, or wait for it in its queue as poll `poll`: join at the end, or resume
+    /// the place of the waiter with the claim's request id. The place (and then the grant)
+    /// outlives the poll by `grace`.
+    Wait {
+        poll: u64,
+        grace: Duration,
+    },
     Unlock,
     /// Move the requestor's deadline to now + the claim's ttl.
     Renew,
+    /// Poll `poll`'s time is up: answer it where it stands.
+    StopWaiting {
+        poll: u64,
+    },
+    /// Poll `poll`'s client is gone: nobody will take its answer, nor a grant made to it.
+    Abandon {
+        poll: u64,
+    },
+    /// Withdraw the waiter with the claim's request id, releasing a grant made to it.
+    Withdraw,
 }
 
 /// How a request was decided.
@@ -354,25 +374,42 @@ pub enum Verdict {
     NotHolding,
     /// Another key holds the lock.
     HeldByOther,
+    /// The lock is held with this key, but others with another key wait for it first.
+    OthersWaiting,
+    /// The request waits in the lock's queue (at the decision's place).
+    Queued,
+    /// The waiter was withdrawn from the queue (nothing was granted to it).
+    Withdrawn,
+    /// No waiter or grant had that request id (or poll): nothing to do.
+    NotQueued,
 }
 
 impl Verdict {
-    /// True when the request was refused because another key holds the lock.
+    /// True when the request was refused because another key holds the lock (or waits for it
+    /// first).
     pub fn is_conflict(self) -> bool {
-        self == Verdict::HeldByOther
+        matches!(self, Verdict::HeldByOther | Verdict::OthersWaiting)
     }
 }
 
-/// Decides `op` for `claim` against `lock` at time `now` (a lock with no holder past its
-/// deadline at `now`: see [`Batch::expire_due`]).
+/// Decides a lock, unlock or renewal `op` for `claim` against `lock` at time `now` (a lock
+/// with no holder past its deadline at `now`: see [`Batch::expire_due`]); `others_waiting`
+/// says whether someone with another key than the claim's waits in the lock's queue, which
+/// keeps a new requestor of the holding key from going ahead of them.
 ///
 /// Returns the verdict and, when the lock changes, its new state (revision and token left for
-/// the caller to assign).
-pub fn decide(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, Option<Lock>) {
+/// the caller to assign). The queue's own operations are [`Batch::apply`]'s.
+fn decide(
+    lock: &Lock,
+    op: Op,
+    claim: &Claim,
+    others_waiting: bool,
+    now: SystemTime,
+) -> (Verdict, Option<Lock>) {
     if let Some(verdict) = replayed(lock, op, claim) {
         return (verdict, None);
     }
-    let (verdict, mut next) = decide_afresh(lock, op, claim, now);
+    let (verdict, mut next) = decide_afresh(lock, op, claim, others_waiting, now);
     if let Some(next) = next.as_mut() {
         if next.is_free() {
             next.set_free();
@@ -396,17 +433,27 @@ fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
     }
     let holds = lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some();
     match op {
-        Op::Lock if holds => Some(Verdict::Acquired),
-        Op::Lock | Op::Renew => None,
+        Op::Lock | Op::Wait { .. } if holds => Some(Verdict::Acquired),
         Op::Unlock => Some(Verdict::Released),
+        _ => None,
     }
 }
 
-fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdict, Option<Lock>) {
+fn decide_afresh(
+    lock: &Lock,
+    op: Op,
+    claim: &Claim,
+    others_waiting: bool,
+    now: SystemTime,
+) -> (Verdict, Option<Lock>) {
     let same_key = lock.is_free() || lock.key == claim.key;
     match op {
         _ if !same_key => (Verdict::HeldByOther, None),
         Op::Lock => {
+            // Re-entry is always granted; a new sharer of the key waits behind other keys.
+            if others_waiting && lock.locked_by.get(&claim.requestor).is_none() {
+                return (Verdict::OthersWaiting, None);
+            }
             let mut next = lock.clone();
             if next.is_free() {
                 next.key = claim.key.clone();
@@ -435,6 +482,9 @@ fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdic
             }
             (Verdict::Released, Some(next))
         }
+        Op::Wait { .. } | Op::StopWaiting { .. } | Op::Abandon { .. } | Op::Withdraw => {
+            (Verdict::NotQueued, None)
+        }
     }
 }
 
@@ -443,16 +493,20 @@ fn decide_afresh(lock: &Lock, op: Op, claim: &Claim, now: SystemTime) -> (Verdic
 /// committed table as an immutable snapshot.
 pub type Locks = imbl::OrdMap<Arc<str>, Arc<Lock>>;
 
-/// The locks with a deadline, by their earliest deadline.
+/// The queues of the locks someone waits for (or was granted from lately), by lock name.
+pub type Queues = imbl::OrdMap<Arc<str>, Arc<Queue>>;
+
+/// The locks with a deadline (a lease, or a place or grant that lapses), by the earliest.
 pub type Deadlines = imbl::OrdSet<(SystemTime, Arc<str>)>;
 
-/// Every known lock, the table-wide revision counter, and when the next lease ends. Cloning
-/// it is cheap (see [`Locks`]).
+/// Every known lock, the table-wide revision counter, the queues, and when the next lease or
+/// place ends. Cloning it is cheap (see [`Locks`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockTable {
     /// Incremented by every change; never goes backwards.
     pub revision: u64,
     pub locks: Locks,
+    queues: Queues,
     deadlines: Deadlines,
 }
 
@@ -464,7 +518,7 @@ impl LockTable {
             ..LockTable::default()
         };
         for (name, lock) in locks {
-            table.insert(Arc::from(name), lock);
+            table.update(Arc::from(name), Some(lock), None);
         }
         table
     }
@@ -479,7 +533,17 @@ impl LockTable {
         self.lock(name).clone()
     }
 
-    /// The earliest deadline of any holder.
+    /// The queue of the lock called `name`, if anyone waits for it (or was granted it lately).
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queues.get(name).map(|queue| &**queue)
+    }
+
+    /// Every non-empty queue, by lock name.
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    /// The earliest deadline of any holder, place or grant.
     pub fn next_deadline(&self) -> Option<SystemTime> {
         self.deadlines.get_min().map(|(at, _)| *at)
     }
@@ -490,30 +554,62 @@ impl LockTable {
             base: self,
             revision: self.revision,
             changes: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            answers: Vec::new(),
         }
     }
 
     /// Takes in the changes of a batch that has been made durable.
     pub fn commit(&mut self, changes: Changes) {
         self.revision = changes.revision;
-        for (name, lock) in changes.locks {
-            self.insert(Arc::from(name), lock);
+        let Changes {
+            mut locks, queues, ..
+        } = changes;
+        for (name, queue) in queues {
+            let lock = locks.remove(&name);
+            self.update(Arc::from(name), lock, Some(queue));
+        }
+        for (name, lock) in locks {
+            self.update(Arc::from(name), Some(lock), None);
         }
     }
 
     /// Adds a lock read from storage (replacing one of the same name).
     pub fn load(&mut self, name: &str, lock: Lock) {
-        self.insert(Arc::from(name), lock);
+        self.update(Arc::from(name), Some(lock), None);
     }
 
-    fn insert(&mut self, name: Arc<str>, lock: Lock) {
-        if let Some(at) = self.locks.get(&name).and_then(|old| old.next_deadline()) {
-            self.deadlines.remove(&(at, name.clone()));
+    /// Replaces the lock and (or) the queue called `name`, keeping the deadlines in step.
+    fn update(&mut self, name: Arc<str>, lock: Option<Lock>, queue: Option<Queue>) {
+        let before = self.deadline_of(&name);
+        if let Some(lock) = lock {
+            self.locks.insert(name.clone(), Arc::new(lock));
         }
-        if let Some(at) = lock.next_deadline() {
-            self.deadlines.insert((at, name.clone()));
+        match queue {
+            Some(queue) if queue.is_empty() => {
+                self.queues.remove(&name);
+            }
+            Some(queue) => {
+                self.queues.insert(name.clone(), Arc::new(queue));
+            }
+            None => {}
         }
-        self.locks.insert(name, Arc::new(lock));
+        let after = self.deadline_of(&name);
+        if before != after {
+            if let Some(at) = before {
+                self.deadlines.remove(&(at, name.clone()));
+            }
+            if let Some(at) = after {
+                self.deadlines.insert((at, name));
+            }
+        }
+    }
+
+    /// The earliest deadline of the lock called `name`: a lease, a place or a grant.
+    fn deadline_of(&self, name: &str) -> Option<SystemTime> {
+        let lease = self.locks.get(name).and_then(|lock| lock.next_deadline());
+        let lapse = self.queues.get(name).and_then(|queue| queue.next_lapse());
+        lease.into_iter().chain(lapse).min()
     }
 
     /// Applies one request directly (after expiring what is due); for tests and tools that
@@ -528,11 +624,21 @@ impl LockTable {
     }
 }
 
-/// The outcome of one request: the verdict and the lock as it stands afterwards.
+/// The outcome of one request: the verdict, the lock as it stands afterwards, and, for a
+/// request in the queue, its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
     pub lock: Lock,
+    pub place: Option<Place>,
+}
+
+/// An answer for a poll that waits in a queue, decided by another request of the batch (or by
+/// its expiry): the grant of its lock, its place once its time is up, or its withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollAnswer {
+    pub poll: u64,
+    pub decision: Decision,
 }
 
 /// Requests applied on top of a table, not yet durable.
@@ -541,18 +647,24 @@ pub struct Batch<'a> {
     base: &'a LockTable,
     revision: u64,
     changes: BTreeMap<String, Lock>,
+    queues: BTreeMap<String, Queue>,
+    answers: Vec<PollAnswer>,
 }
 
-/// What a batch changed: the locks to write and the new table revision.
+/// What a batch did: the locks to write (durable), the queues to take in (volatile), the new
+/// table revision, and the answers for polls it decided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub revision: u64,
     pub locks: BTreeMap<String, Lock>,
+    pub queues: BTreeMap<String, Queue>,
+    pub answers: Vec<PollAnswer>,
 }
 
 impl Changes {
+    /// True when no lock and no queue changed.
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.locks.is_empty() && self.queues.is_empty()
     }
 }
 
@@ -564,9 +676,27 @@ impl<'a> Batch<'a> {
             .unwrap_or_else(|| self.base.lock(name))
     }
 
-    /// Releases every claim whose deadline is at or before `now`, each expired lock a change
-    /// with the next revision; returns how many locks changed. Run it first in every batch,
-    /// so that no request is decided against a lapsed claim.
+    /// The queue as this batch sees it.
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        match self.queues.get(name) {
+            Some(queue) => Some(queue),
+            None => self.base.queue(name),
+        }
+    }
+
+    /// The batch's own copy of a queue, to change.
+    fn queue_mut(&mut self, name: &str) -> &mut Queue {
+        let base = self.base;
+        self.queues
+            .entry(name.to_owned())
+            .or_insert_with(|| base.queue(name).cloned().unwrap_or_default())
+    }
+
+    /// Releases every claim whose deadline is at or before `now`, and every place and
+    /// uncollected grant whose grace has run out; each lock that changes takes the next
+    /// revision, and a lock left free goes to the first in its queue. Returns how many locks
+    /// changed. Run it first in every batch, so that no request is decided against a lapsed
+    /// claim.
     pub fn expire_due(&mut self, now: SystemTime) -> usize {
         let due: Vec<Arc<str>> = self
             .base
@@ -575,41 +705,282 @@ impl<'a> Batch<'a> {
             .take_while(|(at, _)| *at <= now)
             .map(|(_, name)| name.clone())
             .collect();
-        let mut expired = 0;
-        for name in due {
-            let mut lock = self.lock(&name).clone();
+        let revision = self.revision;
+        for name in &due {
+            let mut lock = self.lock(name).clone();
             if lock.expire(now) {
                 self.revision += 1;
                 lock.revision = self.revision;
                 self.changes.insert(name.to_string(), lock);
-                expired += 1;
             }
+            self.lapse(name, now);
+            self.promote(name, now);
         }
-        expired
+        (self.revision - revision) as usize
     }
 
-    /// Decides one request; a change takes the next revision (a renewal keeps the lock's).
-    pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
-        let current = self.lock(name);
-        let was_free = current.is_free();
-        match decide(current, op, claim, now) {
-            (verdict, Some(mut next)) => {
-                self.revision += 1;
-                if op != Op::Renew {
-                    next.revision = self.revision;
-                }
-                if was_free && !next.is_free() {
-                    next.token = Some(self.revision);
-                }
-                let lock = next.clone();
-                self.changes.insert(name.to_owned(), next);
-                Decision { verdict, lock }
-            }
-            (verdict, None) => Decision {
-                verdict,
-                lock: current.clone(),
-            },
+    /// Drops the places whose grace ran out, and the grants: an uncollected one is released.
+    fn lapse(&mut self, name: &str, now: SystemTime) {
+        if self
+            .queue(name)
+            .and_then(Queue::next_lapse)
+            .is_none_or(|at| at > now)
+        {
+            return;
         }
+        let queue = self.queue_mut(name);
+        queue
+            .waiting
+            .retain(|w| w.lapses_at.is_none_or(|at| at > now));
+        let (lapsed, kept) = std::mem::take(&mut queue.granted)
+            .into_iter()
+            .partition(|g| g.lapses_at <= now);
+        queue.granted = kept;
+        for grant in lapsed.into_iter().filter(|g: &Grant| !g.collected) {
+            self.release_grant(name, &grant, now);
+        }
+    }
+
+    /// Decides one request; a change takes the next revision (a renewal keeps the lock's). A
+    /// lock left free goes to the first in its queue in the same batch.
+    pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
+        let (verdict, place) = match op {
+            Op::Lock | Op::Unlock | Op::Renew => (self.change(name, op, claim, now), None),
+            Op::Wait { poll, grace } => self.wait(name, poll, grace, claim, now),
+            Op::StopWaiting { poll } => self.stop_waiting(name, poll, false, now),
+            Op::Abandon { poll } => self.stop_waiting(name, poll, true, now),
+            Op::Withdraw => (self.withdraw(name, claim, now), None),
+        };
+        self.promote(name, now);
+        Decision {
+            verdict,
+            lock: self.lock(name).clone(),
+            place,
+        }
+    }
+
+    /// A lock, unlock or renewal.
+    fn change(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Verdict {
+        let current = self.lock(name);
+        let others_waiting = self
+            .queue(name)
+            .is_some_and(|queue| queue.has_other_key(&claim.key));
+        let was_free = current.is_free();
+        let (verdict, next) = decide(current, op, claim, others_waiting, now);
+        if let Some(mut next) = next {
+            self.revision += 1;
+            if op != Op::Renew {
+                next.revision = self.revision;
+            }
+            if was_free && !next.is_free() {
+                next.token = Some(self.revision);
+            }
+            self.changes.insert(name.to_owned(), next);
+        } else if verdict == Verdict::Acquired {
+            // A retry of a lock that was granted: the grant is collected.
+            self.collect(name, claim);
+        }
+        verdict
+    }
+
+    /// A lock that waits in the queue when it cannot be had now.
+    fn wait(
+        &mut self,
+        name: &str,
+        poll: u64,
+        grace: Duration,
+        claim: &Claim,
+        now: SystemTime,
+    ) -> (Verdict, Option<Place>) {
+        let resumed = claim
+            .request_id
+            .as_deref()
+            .filter(|_| replayed(self.lock(name), Op::Lock, claim).is_none())
+            .and_then(|id| self.queue(name)?.waiter_with_id(id));
+        if let Some(i) = resumed {
+            let queue = self.queue_mut(name);
+            let place = queue.place(i);
+            let waiter = Arc::make_mut(&mut queue.waiting[i]);
+            let earlier = waiter.poll.replace(poll);
+            waiter.lapses_at = None;
+            waiter.grace = grace;
+            if let Some(earlier) = earlier {
+                // One poll per place: the one it replaces is told where the place stands.
+                self.answer(name, earlier, Verdict::Queued, Some(place));
+            }
+            return (Verdict::Queued, Some(place));
+        }
+        let verdict = self.change(name, Op::Lock, claim, now);
+        if !verdict.is_conflict() {
+            return (verdict, None);
+        }
+        let queue = self.queue_mut(name);
+        queue.waiting.push_back(Arc::new(Waiter {
+            requestor: claim.requestor.clone(),
+            key: claim.key.clone(),
+            since: now,
+            owner: claim.owner.clone().unwrap_or_default(),
+            ttl: claim.ttl,
+            request_id: claim.request_id.clone(),
+            grace,
+            poll: Some(poll),
+            lapses_at: None,
+        }));
+        (Verdict::Queued, Some(queue.place(queue.len() - 1)))
+    }
+
+    /// Ends poll `poll`: its waiter keeps its place for its grace if it has a request id, and
+    /// leaves the queue if not. A poll whose client is `gone` is not answered, and a grant
+    /// made to it counts as not collected.
+    fn stop_waiting(
+        &mut self,
+        name: &str,
+        poll: u64,
+        gone: bool,
+        now: SystemTime,
+    ) -> (Verdict, Option<Place>) {
+        let Some(queue) = self.queue(name) else {
+            return (Verdict::NotQueued, None);
+        };
+        if let Some(i) = queue.waiter_with_poll(poll) {
+            let queue = self.queue_mut(name);
+            let place = queue.place(i);
+            let waiter = Arc::make_mut(&mut queue.waiting[i]);
+            waiter.poll = None;
+            if waiter.request_id.is_some() {
+                waiter.lapses_at = Some(now + waiter.grace);
+            } else {
+                queue.waiting.remove(i);
+            }
+            if !gone {
+                self.answer(name, poll, Verdict::Queued, Some(place));
+            }
+            return (Verdict::Queued, Some(place));
+        }
+        match queue.grant_with_poll(poll) {
+            Some(i) if gone => {
+                let queue = self.queue_mut(name);
+                let grant = &mut queue.granted[i];
+                grant.poll = None;
+                grant.collected = false;
+                if grant.request_id.is_none() {
+                    // Nobody can ever collect it: release it now.
+                    let grant = queue.granted.remove(i);
+                    self.release_grant(name, &grant, now);
+                }
+                (Verdict::Released, None)
+            }
+            _ => (Verdict::NotQueued, None),
+        }
+    }
+
+    /// Withdraws the waiter with the claim's request id, and releases a grant made to it.
+    fn withdraw(&mut self, name: &str, claim: &Claim, now: SystemTime) -> Verdict {
+        let Some(id) = claim.request_id.as_deref() else {
+            return Verdict::NotQueued;
+        };
+        let Some(queue) = self.queue(name) else {
+            return Verdict::NotQueued;
+        };
+        let (waiter, grant) = (queue.waiter_with_id(id), queue.grant_with_id(id));
+        let mut verdict = Verdict::NotQueued;
+        if let Some(i) = waiter {
+            let queue = self.queue_mut(name);
+            let place = queue.place(i);
+            let waiter = queue.waiting.remove(i);
+            if let Some(poll) = waiter.poll {
+                self.answer(name, poll, Verdict::Withdrawn, Some(place));
+            }
+            verdict = Verdict::Withdrawn;
+        }
+        if let Some(i) = grant {
+            let grant = self.queue_mut(name).granted.remove(i);
+            if self.release_grant(name, &grant, now) {
+                verdict = Verdict::Released;
+            }
+        }
+        verdict
+    }
+
+    /// Marks the grant made to the claim's request id as collected.
+    fn collect(&mut self, name: &str, claim: &Claim) {
+        let Some(id) = claim.request_id.as_deref() else {
+            return;
+        };
+        if let Some(i) = self.queue(name).and_then(|queue| queue.grant_with_id(id)) {
+            let grant = &mut self.queue_mut(name).granted[i];
+            grant.collected = true;
+            grant.poll = None;
+        }
+    }
+
+    /// Releases one claim of a grant's requestor, if that claim is still of the grant's tenure;
+    /// true if it released one.
+    fn release_grant(&mut self, name: &str, grant: &Grant, now: SystemTime) -> bool {
+        let lock = self.lock(name);
+        if lock.token != Some(grant.token) || lock.locked_by.get(&grant.requestor).is_none() {
+            return false;
+        }
+        let claim = Claim::new(lock.key.clone(), grant.requestor.clone());
+        self.change(name, Op::Unlock, &claim, now) == Verdict::Released
+    }
+
+    /// Hands a free lock to the first in its queue, together with every waiter directly
+    /// behind it with the same key: one change, one new token.
+    fn promote(&mut self, name: &str, now: SystemTime) {
+        if !self.lock(name).is_free() || self.queue(name).is_none_or(|q| q.waiting.is_empty()) {
+            return;
+        }
+        self.revision += 1;
+        let revision = self.revision;
+        let mut next = self.lock(name).clone();
+        let queue = self.queue_mut(name);
+        let key = queue.waiting[0].key.clone();
+        let mut answered = Vec::new();
+        while queue.waiting.front().is_some_and(|w| w.key == key) {
+            let waiter = queue.waiting.pop_front().expect("the front was just seen");
+            let claim = Claim {
+                key: waiter.key.clone(),
+                requestor: waiter.requestor.clone(),
+                request_id: waiter.request_id.clone(),
+                ttl: waiter.ttl,
+                owner: Some(waiter.owner.clone()),
+            };
+            next.locked_by.add(&claim, now);
+            if let Some(id) = &waiter.request_id {
+                next.remember(id);
+            }
+            queue.granted.push(Grant {
+                requestor: waiter.requestor.clone(),
+                request_id: waiter.request_id.clone(),
+                token: revision,
+                poll: waiter.poll,
+                collected: waiter.poll.is_some(),
+                lapses_at: now + waiter.grace,
+            });
+            answered.extend(waiter.poll);
+        }
+        next.key = key;
+        next.locked_at = Some(now);
+        next.token = Some(revision);
+        next.revision = revision;
+        self.changes.insert(name.to_owned(), next);
+        for poll in answered {
+            self.answer(name, poll, Verdict::Acquired, None);
+        }
+    }
+
+    /// Queues an answer for poll `poll`, with the lock as it stands now.
+    fn answer(&mut self, name: &str, poll: u64, verdict: Verdict, place: Option<Place>) {
+        let lock = self.lock(name).clone();
+        self.answers.push(PollAnswer {
+            poll,
+            decision: Decision {
+                verdict,
+                lock,
+                place,
+            },
+        });
     }
 
     /// The table this batch builds on.
@@ -631,6 +1002,8 @@ impl<'a> Batch<'a> {
         Changes {
             revision: self.revision,
             locks: self.changes,
+            queues: self.queues,
+            answers: self.answers,
         }
     }
 }
@@ -1067,6 +1440,7 @@ mod tests {
                 Op::Renew => {
                     !free && holder == key && counts.get(requestor).is_some_and(|&c| c > 0)
                 }
+                _ => unreachable!("the model knows locks, unlocks and renewals only"),
             }
         }
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use locker_protocol::timestamp;
 
-use crate::domain::{Claim, Decision, Holder, Holders, Lock, Locks, Verdict};
+use crate::domain::{Claim, Decision, Holder, Holders, Lock, LockTable, Place, Queue, Verdict};
 
 /// A refused request: the status and the message of its JSON error body.
 pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
@@ -90,6 +90,42 @@ pub(super) fn decision_response(name: &str, claim: &Claim, decision: &Decision) 
                 claim.key
             ),
         ),
+        Verdict::OthersWaiting => (
+            StatusCode::LOCKED,
+            "error",
+            format!(
+                "Lock for '{name}' is held by {} using key '{}', but requests with another key wait for it first; wait in its queue (?wait=) to be served in turn",
+                holders(lock),
+                lock.key
+            ),
+        ),
+        Verdict::Queued => {
+            let place = decision.place.unwrap_or(Place {
+                position: 0,
+                length: 0,
+            });
+            (
+                StatusCode::LOCKED,
+                "error",
+                format!(
+                    "Lock for '{name}' is held by {} using key '{}'; still waiting at position {} of {} in its queue",
+                    holders(lock),
+                    lock.key,
+                    place.position,
+                    place.length
+                ),
+            )
+        }
+        Verdict::Withdrawn => (
+            StatusCode::CONFLICT,
+            "error",
+            format!("the place of this request in the queue of '{name}' was withdrawn"),
+        ),
+        Verdict::NotQueued => (
+            StatusCode::OK,
+            "response",
+            format!("nothing waits in the queue of '{name}' for this request"),
+        ),
     };
     json_response(
         status,
@@ -97,24 +133,55 @@ pub(super) fn decision_response(name: &str, claim: &Claim, decision: &Decision) 
             field,
             message: &message,
             lock,
+            place: decision
+                .place
+                .filter(|_| decision.verdict == Verdict::Queued),
         },
     )
 }
 
-/// The body of a lock or unlock answer, `{FIELD: MESSAGE, "lock": LOCK}`, written straight to
+/// The answer to `DELETE /lock/{name}/queue/{id}`: 200 whatever there was to withdraw.
+pub(super) fn withdrawal_response(name: &str, id: &str, decision: &Decision) -> Response {
+    let message = match decision.verdict {
+        Verdict::Withdrawn => format!("withdrew request '{id}' from the queue of '{name}'"),
+        Verdict::Released => {
+            format!("request '{id}' had been granted lock '{name}'; its claim was released")
+        }
+        _ => format!("no request '{id}' waits for '{name}'; nothing to withdraw"),
+    };
+    json_response(
+        StatusCode::OK,
+        &ChangeAnswer {
+            field: "response",
+            message: &message,
+            lock: &decision.lock,
+            place: None,
+        },
+    )
+}
+
+/// The body of a lock or unlock answer, `{FIELD: MESSAGE, "lock": LOCK}` (and, for a request
+/// still waiting in a queue, `"queue": {"position": P, "length": L}`), written straight to
 /// bytes (no intermediate `serde_json::Value`: this is the hot path).
 struct ChangeAnswer<'a> {
     field: &'static str,
     message: &'a str,
     lock: &'a Lock,
+    place: Option<Place>,
 }
 
 impl Serialize for ChangeAnswer<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(2))?;
+        let mut map = s.serialize_map(Some(2 + usize::from(self.place.is_some())))?;
         map.serialize_entry(self.field, self.message)?;
-        map.serialize_entry("lock", &LockJson(self.lock))?;
+        map.serialize_entry("lock", &LockJson(self.lock, None))?;
+        if let Some(place) = self.place {
+            map.serialize_entry(
+                "queue",
+                &json!({"position": place.position, "length": place.length}),
+            )?;
+        }
         map.end()
     }
 }
@@ -165,20 +232,54 @@ fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
         .body(body)
 }
 
-/// The LOCK object of a lock, written straight from it (see [`locker_protocol::Lock`]).
-pub(super) struct LockJson<'a>(pub(super) &'a Lock);
+/// The LOCK object of a lock, written straight from it (see [`locker_protocol::Lock`]), with
+/// its queue where the answer shows one (reads do; the answers to changes do not).
+pub(super) struct LockJson<'a>(pub(super) &'a Lock, pub(super) Option<QueueJson<'a>>);
 
 impl Serialize for LockJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let lock = self.0;
-        let mut map = s.serialize_map(Some(6))?;
+        let mut map = s.serialize_map(Some(6 + usize::from(self.1.is_some())))?;
         map.serialize_entry("key", &lock.key)?;
         map.serialize_entry("locked_by", &CountsJson(&lock.locked_by))?;
         map.serialize_entry("revision", &lock.revision)?;
         map.serialize_entry("locked_at", &lock.locked_at.map(timestamp))?;
         map.serialize_entry("token", &lock.token)?;
         map.serialize_entry("holders", &HoldersJson(&lock.locked_by))?;
+        if let Some(queue) = &self.1 {
+            map.serialize_entry("queue", queue)?;
+        }
         map.end()
+    }
+}
+
+/// The waiters of a lock in order, as they stand at a time (places whose grace ran out are
+/// gone, whether or not that has been committed yet).
+pub(super) struct QueueJson<'a> {
+    queue: Option<&'a Queue>,
+    now: std::time::SystemTime,
+}
+
+impl<'a> QueueJson<'a> {
+    pub(super) fn of(queue: Option<&'a Queue>, now: std::time::SystemTime) -> Self {
+        QueueJson { queue, now }
+    }
+}
+
+impl Serialize for QueueJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let waiters = self.queue.into_iter().flat_map(|queue| queue.waiters());
+        let mut list = s.serialize_seq(None)?;
+        for waiter in waiters.filter(|w| w.lapses_at().is_none_or(|at| at > self.now)) {
+            list.serialize_element(&json!({
+                "requestor": waiter.requestor,
+                "key": waiter.key,
+                "since": timestamp(waiter.since),
+                "owner": waiter.owner,
+            }))?;
+        }
+        list.end()
     }
 }
 
@@ -189,12 +290,12 @@ const LOCKS_PER_PIECE: usize = 512;
 /// Every lock of `locks`, by name, as a JSON object written a piece at a time: each piece
 /// starts after the last name written, so the stream owns nothing but the snapshot.
 pub(super) fn locks_json_stream(
-    locks: Locks,
+    table: LockTable,
     now: std::time::SystemTime,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
     use std::ops::Bound;
     let start: Option<Option<Arc<str>>> = Some(None);
-    futures_util::stream::unfold((locks, start), move |(locks, after)| async move {
+    futures_util::stream::unfold((table, start), move |(table, after)| async move {
         let after = after?;
         // hyper pulls pieces for as long as the socket takes them; yielding between pieces
         // lets the requests queued on this worker run in between, so a big read costs them
@@ -209,7 +310,8 @@ pub(super) fn locks_json_stream(
             Some(name) => Bound::Excluded(name.clone()),
         };
         let mut last = None;
-        for (i, (name, lock)) in locks
+        for (i, (name, lock)) in table
+            .locks
             .range((lower, Bound::Unbounded))
             .take(LOCKS_PER_PIECE)
             .enumerate()
@@ -219,18 +321,19 @@ pub(super) fn locks_json_stream(
             }
             let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
                 piece.push(b':');
-                serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(now)))
+                let queue = QueueJson::of(table.queue(name), now);
+                serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(now), Some(queue)))
             });
             if let Err(e) = written {
-                return Some((Err(std::io::Error::other(e)), (locks, None)));
+                return Some((Err(std::io::Error::other(e)), (table, None)));
             }
             last = Some(name.clone());
         }
         match last {
-            Some(name) => Some((Ok(piece), (locks, Some(Some(name))))),
+            Some(name) => Some((Ok(piece), (table, Some(Some(name))))),
             None => {
                 piece.push(b'}');
-                Some((Ok(piece), (locks, None)))
+                Some((Ok(piece), (table, None)))
             }
         }
     })
@@ -295,7 +398,7 @@ mod tests {
             ..Claim::new("k", "r")
         };
         let lock = table.apply("env", Op::Lock, &claim, now).lock;
-        let json = serde_json::to_value(LockJson(&lock)).unwrap();
+        let json = serde_json::to_value(LockJson(&lock, Some(QueueJson::of(None, now)))).unwrap();
         let read: locker_protocol::Lock = serde_json::from_value(json.clone()).unwrap();
         let expected = locker_protocol::Lock {
             key: "k".into(),
@@ -310,6 +413,7 @@ mod tests {
                 expires_at: Some("2027-01-15T08:01:30.000Z".into()),
                 owner: [("job".to_string(), "deploy".to_string())].into(),
             }],
+            queue: Vec::new(),
         };
         assert_eq!(read, expected);
         let fields: Vec<&str> = json
@@ -325,6 +429,7 @@ mod tests {
                 "key",
                 "locked_at",
                 "locked_by",
+                "queue",
                 "revision",
                 "token"
             ],

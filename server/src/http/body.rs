@@ -31,12 +31,80 @@ pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
             "a renewal is POST /lock/NAME/renew".into(),
         ));
     }
+    if segment.contains("/queue/") {
+        return Err(queue_method());
+    }
     names::lock_name_from_path(segment).map_err(ApiError::bad_request)
+}
+
+fn queue_method() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "a place in a queue is withdrawn with DELETE /lock/NAME/queue/ID".into(),
+    )
+}
+
+/// The lock name and request id of `/lock/{name}/queue/{id}`, if the path is one.
+pub(super) fn queue_path(req: &Request) -> Option<Result<(String, String), ApiError>> {
+    let rest = req.uri().path().strip_prefix("/lock/")?;
+    let (segment, id) = rest.split_once("/queue/")?;
+    Some(queue_place(segment, id))
+}
+
+fn queue_place(segment: &str, id: &str) -> Result<(String, String), ApiError> {
+    let name = names::lock_name_from_path(segment).map_err(ApiError::bad_request)?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "the request id in the path is not valid UTF-8 once percent-decoded".into(),
+            )
+        })?;
+    names::check_request_id(&id).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request id in the path ({IDEMPOTENCY_KEY}): {e}"
+        ))
+    })?;
+    Ok((name, id.into_owned()))
+}
+
+/// The `wait` query parameter of a lock request: how long it may wait in the lock's queue, as
+/// digits and a unit (`ms`, `s`, `m` or `h`; none counts seconds), like `50s` or `2m`.
+pub(super) fn wait_query(req: &Request) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = req.uri().query() else {
+        return Ok(None);
+    };
+    let Some(value) = query.split('&').find_map(|pair| pair.strip_prefix("wait=")) else {
+        return Ok(None);
+    };
+    parse_wait(value).map(Some).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "query parameter 'wait' ({value:?}) is not a duration; write it like 50s, 2m or 500ms"
+        ))
+    })
+}
+
+fn parse_wait(value: &str) -> Option<Duration> {
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 10 {
+        return None;
+    }
+    let amount: u64 = value[..digits].parse().ok()?;
+    match &value[digits..] {
+        "ms" => Some(Duration::from_millis(amount)),
+        "" | "s" => Some(Duration::from_secs(amount)),
+        "m" => Some(Duration::from_secs(amount * 60)),
+        "h" => Some(Duration::from_secs(amount * 3600)),
+        _ => None,
+    }
 }
 
 /// The lock name and action of `POST /lock/{name}/{action}`.
 pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {
     let rest = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
+    if rest.contains("/queue/") {
+        return Err(queue_method());
+    }
     let Some((segment, action)) = rest.rsplit_once('/') else {
         return Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -353,6 +421,20 @@ pub(super) fn request_id(req: &Request) -> Result<Option<String>, ApiError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn waits_are_digits_and_a_unit() {
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(parse_wait("50s"), secs(50));
+        assert_eq!(parse_wait("50"), secs(50));
+        assert_eq!(parse_wait("2m"), secs(120));
+        assert_eq!(parse_wait("1h"), secs(3600));
+        assert_eq!(parse_wait("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_wait("0"), secs(0));
+        for bad in ["", "s", "-1s", "1.5s", "1 m", "5d", "12345678901s", "50 s"] {
+            assert_eq!(parse_wait(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn requestor_spellings_and_default() {

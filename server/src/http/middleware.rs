@@ -38,6 +38,8 @@ pub(super) async fn allow_header<E: Endpoint<Output = Response>>(
     let path = req.uri().path();
     let allow = if path.starts_with("/lock/") && path.ends_with("/renew") {
         "POST"
+    } else if path.starts_with("/lock/") && path.contains("/queue/") {
+        "DELETE"
     } else if path.starts_with("/lock/") {
         "GET, PUT, DELETE"
     } else {

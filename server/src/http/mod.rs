@@ -19,18 +19,30 @@ use serde_json::json;
 use crate::clock::Clock;
 use crate::config::Credentials;
 use crate::domain::{Claim, Op};
+use crate::net::peers::Peers;
 use crate::store::{LockStore, Request as LockRequest, StoreError};
-use answer::{LockJson, decision_response, error_response, json_response};
-use body::{lock_action, lock_name, read_claim, request_id};
+use answer::{
+    LockJson, QueueJson, decision_response, error_response, json_response, withdrawal_response,
+};
+use body::{lock_action, lock_name, queue_path, read_claim, request_id, wait_query};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 
-/// What the handlers share: the store, the clock, and the lease settings.
+/// What the handlers share: the store, the clock, and the lease and queue settings.
 pub(crate) struct Api {
     pub(crate) store: LockStore,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) leases: Leases,
+    pub(crate) waiting: Waiting,
+    pub(crate) peers: Peers,
+}
+
+/// How long a lock request may wait in a queue, and how long its place outlives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    pub(crate) max_wait: Duration,
+    pub(crate) grace: Duration,
 }
 
 /// Builds the whole HTTP application.
@@ -86,7 +98,7 @@ fn list_locks(api: Data<&Arc<Api>>) -> Response {
         .status(StatusCode::OK)
         .content_type("application/json")
         .body(Body::from_bytes_stream(answer::locks_json_stream(
-            snapshot.locks,
+            snapshot,
             api.clock.now(),
         )))
 }
@@ -96,28 +108,87 @@ fn show_lock(req: &Request, api: Data<&Arc<Api>>) -> Response {
     match lock_name(req) {
         Ok(name) => {
             let snapshot = api.store.snapshot();
-            let lock = snapshot.lock(&name).as_of(api.clock.now());
-            json_response(StatusCode::OK, &LockJson(&lock))
+            let now = api.clock.now();
+            let lock = snapshot.lock(&name).as_of(now);
+            json_response(
+                StatusCode::OK,
+                &LockJson(&lock, Some(QueueJson::of(snapshot.queue(&name), now))),
+            )
         }
         Err(e) => e.into_response(),
     }
 }
 
+/// `PUT /lock/{name}`, and `PUT /lock/{name}?wait=DURATION` to wait in its queue.
 #[handler]
 async fn lock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Response {
-    change_named(req, body, &api, Op::Lock).await
+    let wait = match wait_query(req) {
+        Ok(wait) => wait.map(|wait| wait.min(api.waiting.max_wait)),
+        Err(e) => return e.into_response(),
+    };
+    match (lock_name(req), wait) {
+        (Ok(name), Some(wait)) if !wait.is_zero() => wait_for(req, body, &api, name, wait).await,
+        (Ok(name), _) => change(req, body, &api, name, Op::Lock).await,
+        (Err(e), _) => e.into_response(),
+    }
 }
 
+/// `DELETE /lock/{name}`, and `DELETE /lock/{name}/queue/{id}` to withdraw a waiter.
 #[handler]
 async fn unlock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Response {
-    change_named(req, body, &api, Op::Unlock).await
+    match queue_path(req) {
+        Some(Ok((name, id))) => withdraw(&api, name, id).await,
+        Some(Err(e)) => e.into_response(),
+        None => match lock_name(req) {
+            Ok(name) => change(req, body, &api, name, Op::Unlock).await,
+            Err(e) => e.into_response(),
+        },
+    }
 }
 
-/// A change of the lock the path names.
-async fn change_named(req: &Request, body: Body, api: &Api, op: Op) -> Response {
-    match lock_name(req) {
-        Ok(name) => change(req, body, api, name, op).await,
-        Err(e) => e.into_response(),
+/// A lock request that waits in the lock's queue for at most `wait`.
+async fn wait_for(req: &Request, body: Body, api: &Api, name: String, wait: Duration) -> Response {
+    let claim = match read_request(req, body, api, Op::Lock).await {
+        Ok(claim) => claim,
+        Err(response) => return response,
+    };
+    let decided = api
+        .store
+        .wait(name.clone(), claim.clone(), wait, api.waiting.grace);
+    // hyper does not notice a client that goes away while its request waits; without this
+    // watch, its place (or a grant made to it) would outlive it.
+    let gone = async {
+        match req.remote_addr().as_socket_addr() {
+            Some(peer) => api.peers.gone(*peer).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        decided = decided => match decided {
+            Ok(decision) => decision_response(&name, &claim, &decision),
+            Err(e) => store_error(&e),
+        },
+        () = gone => error_response(
+            StatusCode::BAD_REQUEST,
+            "the client closed its connection while waiting",
+        ),
+    }
+}
+
+/// Withdraws the waiter with request id `id` from the queue of `name`.
+async fn withdraw(api: &Api, name: String, id: String) -> Response {
+    let claim = Claim {
+        request_id: Some(id.clone()),
+        ..Claim::default()
+    };
+    let request = LockRequest {
+        name: name.clone(),
+        op: Op::Withdraw,
+        claim,
+    };
+    match api.store.submit(request).await {
+        Ok(decision) => withdrawal_response(&name, &id, &decision),
+        Err(e) => store_error(&e),
     }
 }
 
@@ -135,16 +206,9 @@ async fn lock_action_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) ->
 }
 
 async fn change(req: &Request, body: Body, api: &Api, name: String, op: Op) -> Response {
-    let claim = match (request_id(req), read_claim(body).await) {
-        (Ok(request_id), Ok(claim)) => Claim {
-            request_id,
-            ..claim
-        },
-        (Err(e), _) | (_, Err(e)) => return e.into_response(),
-    };
-    let claim = match api.leases.settle(op, claim) {
+    let claim = match read_request(req, body, api, op).await {
         Ok(claim) => claim,
-        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
+        Err(response) => return response,
     };
     let request = LockRequest {
         name: name.clone(),
@@ -153,10 +217,27 @@ async fn change(req: &Request, body: Body, api: &Api, name: String, op: Op) -> R
     };
     match api.store.submit(request).await {
         Ok(decision) => decision_response(&name, &claim, &decision),
-        Err(e @ StoreError::NotCommitted(_)) | Err(e @ StoreError::Stopped) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-        }
+        Err(e) => store_error(&e),
     }
+}
+
+/// The claim of a lock, unlock or renewal, with its request id and lease settled.
+async fn read_request(req: &Request, body: Body, api: &Api, op: Op) -> Result<Claim, Response> {
+    let claim = match (request_id(req), read_claim(body).await) {
+        (Ok(request_id), Ok(claim)) => Claim {
+            request_id,
+            ..claim
+        },
+        (Err(e), _) | (_, Err(e)) => return Err(e.into_response()),
+    };
+    api.leases
+        .settle(op, claim)
+        .map_err(|message| error_response(StatusCode::BAD_REQUEST, &message))
+}
+
+/// 503: nothing was decided (the change could not be saved, or the server is stopping).
+fn store_error(e: &StoreError) -> Response {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
 /// How long claims live when they do not say, and at most.
@@ -172,14 +253,14 @@ impl Leases {
     /// renewal must say how long.
     fn settle(&self, op: Op, mut claim: Claim) -> Result<Claim, String> {
         match op {
-            Op::Lock => claim.ttl = claim.ttl.or(self.default_ttl),
+            Op::Lock | Op::Wait { .. } => claim.ttl = claim.ttl.or(self.default_ttl),
             Op::Renew if claim.ttl.is_none() => {
                 return Err(
                     "field 'ttl' is required to renew: send how long from now the claim should live, like \"30m\""
                         .into(),
                 );
             }
-            Op::Renew | Op::Unlock => {}
+            _ => {}
         }
         match claim.ttl {
             Some(ttl) if ttl > self.max_ttl => Err(format!(

@@ -2,8 +2,10 @@
 //!
 //! - [`connection`]: how long a request head may take, and how many connections may be open.
 //! - [`tls`]: HTTPS with a configuration checked at start-up.
+//! - [`peers`]: the open connections, for a waiting request to notice its client leaving.
 
 pub(crate) mod connection;
+pub(crate) mod peers;
 pub(crate) mod tls;
 
 use std::io;

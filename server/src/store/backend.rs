@@ -4,7 +4,7 @@
 use std::io;
 use std::time::SystemTime;
 
-use crate::domain::{Claim, Decision, LockTable, Op};
+use crate::domain::{Claim, Decision, LockTable, Op, PollAnswer};
 
 /// Where batches are decided and made durable: the seam between the lock rules and storage.
 ///
@@ -15,15 +15,15 @@ pub trait Backend: Send + 'static {
     /// The table as last committed.
     fn table(&self) -> &LockTable;
 
-    /// Releases the claims whose deadline is at or before `now`, decides `requests` in order at
-    /// `now`, and commits what they change as one durable unit; returns one decision per
-    /// request, only once the batch would survive a crash. On error nothing of the batch is
-    /// committed.
+    /// Releases the claims whose deadline is at or before `now` (and the places and grants
+    /// whose grace ran out), decides `requests` in order at `now`, and commits what they change
+    /// as one durable unit; returns one decision per request, only once the batch would
+    /// survive a crash. On error nothing of the batch is committed, its queue changes neither.
     fn decide_and_commit(
         &mut self,
         requests: &[Request],
         now: SystemTime,
-    ) -> Result<Vec<Decision>, CommitError>;
+    ) -> Result<Committed, CommitError>;
 
     /// Called once when the writer stops.
     fn finish(&mut self) -> io::Result<()> {
@@ -35,6 +35,17 @@ pub trait Backend: Send + 'static {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct CommitError(pub String);
+
+/// What a committed batch decided.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// One decision per request, in order.
+    pub decisions: Vec<Decision>,
+    /// Answers for polls waiting in queues (grants, ends of waits, withdrawals).
+    pub answers: Vec<PollAnswer>,
+    /// True when the table changed (a lock or a queue): there is a new table to publish.
+    pub changed: bool,
+}
 
 /// One request to change a lock.
 #[derive(Debug, Clone)]

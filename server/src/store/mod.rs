@@ -23,7 +23,9 @@ pub mod file;
 
 pub use backend::{Backend, CommitError, Request};
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -31,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::clock::Clock;
-use crate::domain::{Decision, LockTable};
+use crate::domain::{Claim, Decision, LockTable, Op, Verdict};
 
 /// The most requests one batch takes; bounds the latency a single commit adds.
 const MAX_BATCH: usize = 4096;
@@ -49,16 +51,26 @@ pub enum StoreError {
     Stopped,
 }
 
-struct Job {
-    request: Request,
-    reply: oneshot::Sender<Result<Decision, StoreError>>,
+type Reply = oneshot::Sender<Result<Decision, StoreError>>;
+
+/// What the writer is sent.
+enum Message {
+    /// A request, and where its decision goes; none for the store's own requests (the end of
+    /// a poll), which nobody waits for.
+    Job {
+        request: Request,
+        reply: Option<Reply>,
+    },
+    /// The server is stopping: every waiting poll is answered now, and none waits any more.
+    StopWaiters,
 }
 
 /// A cheap, cloneable handle on the published table and the writer.
 #[derive(Clone)]
 pub struct LockStore {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Message>,
     published: watch::Receiver<LockTable>,
+    polls: Arc<AtomicU64>,
 }
 
 impl LockStore {
@@ -86,7 +98,7 @@ impl LockStore {
             .name("locker-writer".into())
             .spawn(move || {
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_writer(backend, &queue, &publish, &*clock)
+                    Writer::new(backend, &publish, &*clock).run(&queue)
                 }));
                 if written.is_err() {
                     // Nothing can be written any more: better a restart from the state file,
@@ -95,16 +107,66 @@ impl LockStore {
                     std::process::exit(70);
                 }
             })?;
-        Ok((LockStore { jobs, published }, writer))
+        let polls = Arc::new(AtomicU64::new(1));
+        Ok((
+            LockStore {
+                jobs,
+                published,
+                polls,
+            },
+            writer,
+        ))
     }
 
     /// Decides a request; the answer comes once the change (if any) is durable.
     pub async fn submit(&self, request: Request) -> Result<Decision, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { request, reply })
-            .map_err(|_| StoreError::Stopped)?;
+        self.send(request, Some(reply))?;
         answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Claims `name` for `claim`, or waits in its queue for at most `wait`: the answer is the
+    /// grant (once durable) or, when the wait runs out, the place in the queue ([`Verdict::Queued`]).
+    /// The place outlives the wait by `grace` if the claim has a request id. If this future is
+    /// dropped first (the client went away), the place is left, and a grant made meanwhile is
+    /// released (or, with a request id, kept for a retry to collect within the grace).
+    pub async fn wait(
+        &self,
+        name: String,
+        claim: Claim,
+        wait: Duration,
+        grace: Duration,
+    ) -> Result<Decision, StoreError> {
+        let poll = self.polls.fetch_add(1, Ordering::Relaxed);
+        let (reply, mut answer) = oneshot::channel();
+        let request = Request {
+            name: name.clone(),
+            op: Op::Wait { poll, grace },
+            claim,
+        };
+        self.send(request, Some(reply))?;
+        let mut pending = PendingPoll {
+            jobs: &self.jobs,
+            name,
+            poll,
+            answered: false,
+        };
+        let answer = tokio::select! {
+            answer = &mut answer => answer,
+            () = tokio::time::sleep(wait) => {
+                pending.send(Op::StopWaiting { poll });
+                answer.await
+            }
+        };
+        let decision = answer.map_err(|_| StoreError::Stopped)??;
+        pending.answered = true;
+        Ok(decision)
+    }
+
+    /// Answers every waiting poll with [`StoreError::Stopped`], and every later one at once:
+    /// the server is stopping.
+    pub fn stop_waiters(&self) {
+        let _ = self.jobs.send(Message::StopWaiters);
     }
 
     /// The latest published (durable) table; holding it blocks nobody.
@@ -112,84 +174,197 @@ impl LockStore {
         self.published.borrow().clone()
     }
 
-    /// A receiver that is told of every newly published table: the wake-up for waiters.
+    /// A receiver that is told of every newly published table.
     #[cfg_attr(
         not(test),
         expect(
             dead_code,
-            reason = "the queue's waiters (issue 12) are its first users"
+            reason = "the dashboard's live updates (issue 13) are its first users"
         )
     )]
     pub fn subscribe(&self) -> watch::Receiver<LockTable> {
         self.published.clone()
     }
+
+    fn send(&self, request: Request, reply: Option<Reply>) -> Result<(), StoreError> {
+        self.jobs
+            .send(Message::Job { request, reply })
+            .map_err(|_| StoreError::Stopped)
+    }
 }
 
-fn run_writer(
-    mut backend: impl Backend,
-    queue: &mpsc::Receiver<Job>,
-    publish: &watch::Sender<LockTable>,
-    clock: &dyn Clock,
-) {
-    let mut last_failed = false;
-    loop {
-        // Sleep until a request comes or the next lease ends.
-        let wait = backend.table().next_deadline().map(|at| {
-            let until = at.duration_since(clock.now()).unwrap_or_default();
-            let until = until.min(EXPIRY_CHECK);
-            if last_failed {
-                until.max(RETRY_AFTER_FAILURE)
-            } else {
-                until
-            }
-        });
-        let first = match wait {
-            None => match queue.recv() {
-                Ok(job) => Some(job),
-                Err(_) => break,
-            },
-            Some(wait) => match queue.recv_timeout(wait) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
+/// A poll in a queue whose answer has not been taken: dropped so, it tells the writer that
+/// nobody will take it.
+struct PendingPoll<'a> {
+    jobs: &'a mpsc::Sender<Message>,
+    name: String,
+    poll: u64,
+    answered: bool,
+}
+
+impl PendingPoll<'_> {
+    fn send(&self, op: Op) {
+        let request = Request {
+            name: self.name.clone(),
+            op,
+            claim: Claim::default(),
         };
-        let mut jobs: Vec<Job> = first.into_iter().collect();
-        while !jobs.is_empty() && jobs.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+        let _ = self.jobs.send(Message::Job {
+            request,
+            reply: None,
+        });
+    }
+}
+
+impl Drop for PendingPoll<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.send(Op::Abandon { poll: self.poll });
         }
-        let now = clock.now();
-        if jobs.is_empty() && backend.table().next_deadline().is_none_or(|at| at > now) {
-            continue;
+    }
+}
+
+/// The writer thread's state.
+struct Writer<'a, B> {
+    backend: B,
+    publish: &'a watch::Sender<LockTable>,
+    clock: &'a dyn Clock,
+    /// Where the answers of the polls waiting in queues go, by poll.
+    polls: HashMap<u64, Reply>,
+    /// The store's own requests of a batch that failed, to try again: the end of a poll must
+    /// not be lost, or its place would never lapse.
+    retry: Vec<Request>,
+    /// True once the server is stopping: no poll waits any more.
+    stopping: bool,
+    last_failed: bool,
+}
+
+impl<'a, B: Backend> Writer<'a, B> {
+    fn new(backend: B, publish: &'a watch::Sender<LockTable>, clock: &'a dyn Clock) -> Self {
+        Writer {
+            backend,
+            publish,
+            clock,
+            polls: HashMap::new(),
+            retry: Vec::new(),
+            stopping: false,
+            last_failed: false,
         }
-        let (requests, replies): (Vec<Request>, Vec<_>) =
-            jobs.into_iter().map(|job| (job.request, job.reply)).unzip();
-        let revision = backend.table().revision;
-        match backend.decide_and_commit(&requests, now) {
-            Ok(decisions) => {
-                last_failed = false;
-                if backend.table().revision != revision {
-                    publish.send_replace(backend.table().clone());
+    }
+
+    fn run(mut self, queue: &mpsc::Receiver<Message>) {
+        loop {
+            // Sleep until a request comes or the next lease ends.
+            let wait = self.backend.table().next_deadline().map(|at| {
+                let until = at.duration_since(self.clock.now()).unwrap_or_default();
+                let until = until.min(EXPIRY_CHECK);
+                if self.last_failed {
+                    until.max(RETRY_AFTER_FAILURE)
+                } else {
+                    until
                 }
-                for (reply, decision) in replies.into_iter().zip(decisions) {
-                    let _ = reply.send(Ok(decision));
+            });
+            let wait = match (wait, self.retry.is_empty()) {
+                (None, false) => Some(RETRY_AFTER_FAILURE),
+                (wait, _) => wait,
+            };
+            let first = match wait {
+                None => match queue.recv() {
+                    Ok(message) => Some(message),
+                    Err(_) => break,
+                },
+                Some(wait) => match queue.recv_timeout(wait) {
+                    Ok(message) => Some(message),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let mut requests = std::mem::take(&mut self.retry);
+            let mut replies: Vec<Option<Reply>> = requests.iter().map(|_| None).collect();
+            let mut next = first;
+            while let Some(message) = next {
+                match message {
+                    Message::Job { request, reply } => {
+                        requests.push(request);
+                        replies.push(reply);
+                    }
+                    Message::StopWaiters => self.stop_waiters(),
+                }
+                next = if requests.len() < MAX_BATCH {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let now = self.clock.now();
+            if requests.is_empty()
+                && self
+                    .backend
+                    .table()
+                    .next_deadline()
+                    .is_none_or(|at| at > now)
+            {
+                continue;
+            }
+            self.commit(requests, replies);
+        }
+        if let Err(e) = self.backend.finish() {
+            tracing::warn!(error = %e, "could not fold the journal into the state file at shutdown; it is replayed at the next start");
+        }
+    }
+
+    /// Decides and commits one batch, publishes the new table, and answers.
+    fn commit(&mut self, requests: Vec<Request>, replies: Vec<Option<Reply>>) {
+        let now = self.clock.now();
+        match self.backend.decide_and_commit(&requests, now) {
+            Ok(committed) => {
+                self.last_failed = false;
+                if committed.changed {
+                    self.publish.send_replace(self.backend.table().clone());
+                }
+                for ((request, reply), decision) in
+                    requests.iter().zip(replies).zip(committed.decisions)
+                {
+                    let Some(reply) = reply else { continue };
+                    match (request.op, decision.verdict) {
+                        (Op::Wait { poll, .. }, Verdict::Queued) if !self.stopping => {
+                            self.polls.insert(poll, reply);
+                        }
+                        (Op::Wait { .. }, Verdict::Queued) => {
+                            let _ = reply.send(Err(StoreError::Stopped));
+                        }
+                        _ => {
+                            let _ = reply.send(Ok(decision));
+                        }
+                    }
+                }
+                for answer in committed.answers {
+                    if let Some(reply) = self.polls.remove(&answer.poll) {
+                        let _ = reply.send(Ok(answer.decision));
+                    }
                 }
             }
             Err(e) => {
-                last_failed = true;
+                self.last_failed = true;
                 tracing::error!(error = %e, requests = replies.len(), "could not save a batch; answering 503");
                 let error = StoreError::NotCommitted(e);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                for (request, reply) in requests.into_iter().zip(replies) {
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                        None => self.retry.push(request),
+                    }
                 }
             }
         }
     }
-    if let Err(e) = backend.finish() {
-        tracing::warn!(error = %e, "could not fold the journal into the state file at shutdown; it is replayed at the next start");
+
+    fn stop_waiters(&mut self) {
+        self.stopping = true;
+        for (_, reply) in self.polls.drain() {
+            let _ = reply.send(Err(StoreError::Stopped));
+        }
     }
 }
 

@@ -100,3 +100,44 @@ fn https_with_a_certificate_made_here() {
         "plain HTTP must not be served: {result:?}"
     );
 }
+
+/// A waiter over TLS whose client gives up (closing its connection) leaves the queue.
+///
+/// Seen while building it: over TLS this holds even without the socket watch of
+/// `net::peers` (over plain TCP it does not: see `queue::a_waiter_whose_connection_closes_
+/// leaves_the_queue`), so this guards the TLS path of leaving, not the watch itself.
+#[test]
+fn a_waiter_over_tls_whose_client_gives_up_leaves_the_queue() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.write_server_files(dir.path());
+    let server = Locker::start_with(
+        Options::default()
+            .env("SSL_CERT", &cert)
+            .env("SSL_KEY", &key),
+    );
+    let client = Client::trusting(&ca.ca_pem);
+    client.put(&server.url("/lock/tls"), &body("a", "ra"));
+    let impatient = Client::trusting(&ca.ca_pem).timeout(std::time::Duration::from_secs(1));
+    let gave_up = impatient.call(
+        "PUT",
+        &server.url("/lock/tls?wait=60s"),
+        Some(&body("b", "rb")),
+    );
+    assert!(
+        gave_up.is_err(),
+        "the client gives up after a second: {gave_up:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, lock) = client.get(&server.url("/lock/tls"));
+        if lock["queue"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter stays: {lock}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

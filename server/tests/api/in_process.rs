@@ -161,6 +161,61 @@ fn an_http2_request_may_stay_open_longer_than_the_head_timeout() {
     assert!(answer.contains("acquired by 'h2-job'"), "{answer}");
 }
 
+/// A long-poll over HTTP/2 waits in the queue longer than the head timeout and is answered
+/// on its still-open stream when the lock is handed over.
+///
+/// Broken on purpose (tried): with `HeadDeadline` applying its deadline to HTTP/2 connections,
+/// the stream fails with a connection error after the one-second timeout.
+#[test]
+fn an_http2_long_poll_outlives_the_head_timeout_and_gets_the_lock() {
+    let clock = ManualClock::new(at("2030-01-01T00:00:00Z"));
+    let app = spawn_app(&clock, Some(Duration::from_secs(1)));
+    let client = Client::new();
+    let lock = format!("{}/lock/h2", app.url);
+    assert_eq!(client.put(&lock, &body("first", "holder")).0, 200);
+    let authority = app.url.trim_start_matches("http://").to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let unlock = {
+        let (client, lock) = (client.clone(), lock.clone());
+        std::thread::spawn(move || {
+            // Well after the head timeout, once the poll is in the queue.
+            std::thread::sleep(Duration::from_millis(2500));
+            let (_, state) = client.get(&lock);
+            assert_eq!(state["queue"][0]["requestor"], "h2-waiter", "{state}");
+            client.delete(&lock, &body("first", "holder"))
+        })
+    };
+    let (status, answer) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::put(format!("http://{authority}/lock/h2?wait=30s"))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(bytes::Bytes::from(body("second", "h2-waiter")), true)
+            .unwrap();
+        let response = response.await.expect("an answer, not a closed connection");
+        let status = response.status().as_u16();
+        let mut data = response.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = data.data().await {
+            let chunk = chunk.unwrap();
+            let _ = data.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        (status, String::from_utf8_lossy(&text).into_owned())
+    });
+    assert_eq!(unlock.join().unwrap().0, 200);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("acquired by 'h2-waiter'"), "{answer}");
+}
+
 #[test]
 fn an_http1_head_that_never_ends_is_still_cut_after_the_head_timeout() {
     use std::io::{Read, Write};

@@ -51,7 +51,7 @@ fn a_lease_ends_at_its_ttl_and_its_expiry_takes_a_revision() {
     });
     assert_eq!(
         freed,
-        json!({"key": "", "locked_by": {}, "revision": 2, "locked_at": null, "token": null, "holders": []}),
+        json!({"key": "", "locked_by": {}, "revision": 2, "locked_at": null, "token": null, "holders": [], "queue": []}),
         "the expiry is a change with the next revision"
     );
     let (status, answer) = client.put(&url, &lock_body("other", "job-2", json!({})));

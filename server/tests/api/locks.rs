@@ -111,7 +111,7 @@ fn get_lock_and_locks_show_state_and_free_locks() {
     assert_eq!(status, 200);
     assert_eq!(
         never,
-        json!({"key": "", "locked_by": {}, "revision": 0, "locked_at": null, "token": null, "holders": []})
+        json!({"key": "", "locked_by": {}, "revision": 0, "locked_at": null, "token": null, "holders": [], "queue": []})
     );
     client.put(&server.url("/lock/a"), &body("k", "r"));
     client.put(&server.url("/lock/b"), &body("k", "r"));

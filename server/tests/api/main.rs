@@ -6,6 +6,7 @@ mod in_process;
 mod leases;
 mod locks;
 mod persistence;
+mod queue;
 mod retries;
 mod startup;
 

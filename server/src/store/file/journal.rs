@@ -112,6 +112,7 @@ fn parse_record(line: &[u8]) -> Result<Changes, String> {
     Ok(Changes {
         revision: record.revision,
         locks,
+        ..Changes::default()
     })
 }
 

@@ -15,8 +15,8 @@ use std::time::SystemTime;
 
 pub use state_file::{END_LINE, Format, OpenError, StateFile, to_bytes};
 
-use super::backend::{Backend, CommitError, Request};
-use crate::domain::{Decision, LockTable};
+use super::backend::{Backend, CommitError, Committed, Request};
+use crate::domain::LockTable;
 
 /// The lock table, held in memory and made durable in a [`StateFile`].
 #[derive(Debug)]
@@ -44,28 +44,37 @@ impl Backend for FileBackend {
     }
 
     /// Expires what is due, decides the batch on the table in memory, appends its changes to
-    /// the journal with one fsync, and only then takes them into the table.
+    /// the journal with one fsync, and only then takes them into the table (with the batch's
+    /// queue changes, which are not written).
     fn decide_and_commit(
         &mut self,
         requests: &[Request],
         now: SystemTime,
-    ) -> Result<Vec<Decision>, CommitError> {
+    ) -> Result<Committed, CommitError> {
         let mut batch = self.table.batch();
         batch.expire_due(now);
         let decisions = requests
             .iter()
             .map(|r| batch.apply(&r.name, r.op, &r.claim, now))
             .collect();
-        let changes = batch.into_changes();
-        if !changes.is_empty() {
+        let mut changes = batch.into_changes();
+        if !changes.locks.is_empty() {
             self.file.commit(&self.table, &changes).map_err(|e| {
                 CommitError(format!(
                     "the change could not be saved to the state file ({e})"
                 ))
             })?;
+        }
+        let answers = std::mem::take(&mut changes.answers);
+        let changed = !changes.is_empty();
+        if changed {
             self.table.commit(changes);
         }
-        Ok(decisions)
+        Ok(Committed {
+            decisions,
+            answers,
+            changed,
+        })
     }
 
     /// Folds the journal into the state file, so that after a clean stop the state file alone
