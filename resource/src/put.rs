@@ -1,9 +1,10 @@
 //! `out` (Concourse's put step): lock, unlock or renew, waiting in line.
 //!
 //! `lock` claims the lock and, while another key holds it, waits in the lock's queue on the
-//! server: each request asks to wait up to 50 s (`?wait=`, less when the put's `timeout` is
-//! nearer), the server answers the moment the lock is granted, and a request whose wait ran
-//! out is followed by the next at once, keeping the place. It logs who holds the lock and its
+//! server: the first request joins the queue and hears its place at once (`?wait=1ms`), each
+//! following one asks to wait up to 50 s (less when the put's `timeout` is nearer), the server
+//! answers the moment the lock is granted, and a request whose wait ran out is followed by the
+//! next at once, keeping the place. It logs who holds the lock and its
 //! position in the queue whenever that changes. A server without a queue (the original one,
 //! or this one before it) answers at once without a place; then `lock` retries after a
 //! full-jitter back-off ([`crate::backoff`]), one log line per wait. A server that is down or
@@ -41,6 +42,11 @@ use crate::{BuildEnv, Error, duration, resolve_lock_name};
 /// The longest wait one lock request asks the server for: below the 60 s that proxies and
 /// load balancers commonly allow an idle request.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(50);
+
+/// The wait of a lock request that does not know its place: the first, and the first after a
+/// server error (a restart empties the queue). It joins the queue and is answered at once, so
+/// that the log says straight away who holds the lock and where this put stands.
+const JOIN_WAIT: Duration = Duration::from_millis(1);
 
 /// How long `lock` gives the server to take back its place when the `timeout` has passed.
 const WITHDRAW_TIME: Duration = Duration::from_millis(1500);
@@ -182,17 +188,20 @@ fn lock<R: Rng>(
     // asked to wait (it ignores the query), so that a server upgraded while the put waits
     // queues it from its restart on.
     let mut server_queues = None;
+    // Whether the last answer gave a place in the queue.
+    let mut placed = false;
     let deadline = attempts.deadline;
     let taken = attempts.run(|log| {
         let claim = Claim {
             owner: send_owner.then_some(owner),
             ..claim.clone()
         };
-        let wait = poll_wait(deadline, Instant::now());
+        let wait = poll_wait(placed, deadline, Instant::now());
         let answer = match wait {
             Some(wait) => client.lock_waiting(name, &claim, wait),
             None => client.lock(name, &claim),
         };
+        placed = false;
         match answer {
             Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
             Ok(ClaimAnswer::Locked {
@@ -201,6 +210,7 @@ fn lock<R: Rng>(
                 ..
             }) => {
                 server_queues = Some(true);
+                placed = true;
                 Ok(Outcome::Queued(lock, place))
             }
             Ok(ClaimAnswer::Locked {
@@ -266,14 +276,14 @@ fn refuses_owner(err: &RequestError) -> bool {
         if message.contains("unknown field") && message.contains("owner"))
 }
 
-/// How long the next lock request asks to wait in the queue: [`MAX_POLL_WAIT`], or what is
-/// left before the deadline. `None` when less than a millisecond is left: that request asks for
-/// the lock without waiting, as the last before the timeout.
-fn poll_wait(deadline: Option<Instant>, now: Instant) -> Option<Duration> {
-    let left = deadline.map_or(MAX_POLL_WAIT, |deadline| {
-        deadline.saturating_duration_since(now)
-    });
-    let wait = left.min(MAX_POLL_WAIT);
+/// How long the next lock request asks to wait in the queue: [`MAX_POLL_WAIT`] once the last
+/// answer `placed` it in the queue, [`JOIN_WAIT`] otherwise, and never beyond the deadline.
+/// `None` when less than a millisecond is left: that request asks for the lock without
+/// waiting, as the last before the timeout.
+fn poll_wait(placed: bool, deadline: Option<Instant>, now: Instant) -> Option<Duration> {
+    let wait = if placed { MAX_POLL_WAIT } else { JOIN_WAIT };
+    let left = deadline.map_or(wait, |deadline| deadline.saturating_duration_since(now));
+    let wait = wait.min(left);
     (wait >= Duration::from_millis(1)).then_some(wait)
 }
 
@@ -470,23 +480,30 @@ mod tests {
     }
 
     #[test]
-    fn a_poll_waits_fifty_seconds_or_until_the_timeout() {
+    fn a_poll_joins_at_once_then_waits_fifty_seconds_or_until_the_timeout() {
         let now = Instant::now();
-        assert_eq!(poll_wait(None, now), Some(MAX_POLL_WAIT));
+        assert_eq!(poll_wait(false, None, now), Some(JOIN_WAIT));
+        assert_eq!(poll_wait(true, None, now), Some(MAX_POLL_WAIT));
         let in_an_hour = now + Duration::from_secs(3600);
-        assert_eq!(poll_wait(Some(in_an_hour), now), Some(MAX_POLL_WAIT));
+        assert_eq!(poll_wait(false, Some(in_an_hour), now), Some(JOIN_WAIT));
+        assert_eq!(poll_wait(true, Some(in_an_hour), now), Some(MAX_POLL_WAIT));
         let soon = now + Duration::from_millis(1200);
         assert_eq!(
-            poll_wait(Some(soon), now),
+            poll_wait(true, Some(soon), now),
             Some(Duration::from_millis(1200)),
             "a wait must not outlast the put's timeout"
         );
-        assert_eq!(
-            poll_wait(Some(now), now),
-            None,
-            "at the deadline the last request does not wait"
-        );
-        assert_eq!(poll_wait(Some(now), now + Duration::from_secs(1)), None);
+        for placed in [false, true] {
+            assert_eq!(
+                poll_wait(placed, Some(now), now),
+                None,
+                "at the deadline the last request does not wait"
+            );
+            assert_eq!(
+                poll_wait(placed, Some(now), now + Duration::from_secs(1)),
+                None
+            );
+        }
     }
 
     #[test]
