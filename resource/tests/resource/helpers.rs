@@ -292,6 +292,15 @@ impl LockerServer {
     }
 }
 
+/// Waits until `condition` holds, failing the test with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not so after {limit:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A put's input.
 pub fn put(source: &Value, params: Value) -> Value {
     json!({"source": source, "params": params})

@@ -303,3 +303,148 @@ fn the_timeout_bounds_the_wait_and_gives_the_place_back() {
         run.stderr
     );
 }
+
+/// The requestors in the lock's queue, next in line first.
+fn waiting(server: &LockerServer, source: &Value) -> Vec<String> {
+    let lock = server.lock_state(source);
+    lock.queue
+        .into_iter()
+        .map(|waiter| waiter.requestor)
+        .collect()
+}
+
+#[test]
+fn sigterm_while_queued_leaves_no_claim_and_no_waiter() {
+    let server = LockerServer::start();
+    let source = server.source("env");
+    lock(&source, "a", "holder");
+    let params = json!({"lock_op": "lock", "key": "b", "locked_by": "waiter"});
+    let out = Running::start(Bin::Out, &put(&source, params), &["/tmp"], &[]);
+    wait_until(LIMIT, "the out waits in the lock's queue", || {
+        waiting(&server, &source) == ["waiter"]
+    });
+
+    let signalled = Instant::now();
+    out.signal(libc::SIGTERM);
+    let run = out.finish(LIMIT);
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "out must end within 2 s of SIGTERM, took {took:?}"
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("withdrew its place, holding nothing"),
+        "{}",
+        run.stderr
+    );
+    let lock = server.lock_state(&source);
+    assert!(
+        lock.queue.is_empty(),
+        "the aborted out left its place: {:?}",
+        lock.queue
+    );
+    assert_eq!(
+        lock.locked_by,
+        [("holder".to_owned(), 1)].into(),
+        "only the holder has a claim"
+    );
+    unlock(&source, "a", "holder");
+    assert!(
+        server.lock_state(&source).is_free(),
+        "nobody is left to be granted the lock after the holder"
+    );
+}
+
+#[test]
+fn waiters_are_granted_in_the_order_they_came_and_log_their_places() {
+    // Short waits, so that a waiter hears its new place within a second.
+    let server = LockerServer::start_with(&[("LOCKER_MAX_WAIT", "1s")]);
+    let source = server.source("env");
+    lock(&source, "holder", "holder");
+    let names = ["first", "second", "third"];
+    let mut outs = Vec::new();
+    for (joined, name) in names.iter().enumerate() {
+        let params = json!({"lock_op": "lock", "key": name});
+        outs.push(Running::start(
+            Bin::Out,
+            &put(&source, params),
+            &["/tmp"],
+            &[],
+        ));
+        wait_until(LIMIT, &format!("'{name}' waits in the queue"), || {
+            waiting(&server, &source).len() == joined + 1
+        });
+    }
+    assert_eq!(waiting(&server, &source), names);
+    outs[2].wait_for_log("waiting in its queue at position 3 of 3", LIMIT);
+
+    let mut holder = "holder";
+    let mut held_at = server.lock_state(&source).revision;
+    for name in names {
+        unlock(&source, holder, holder);
+        let run = outs.remove(0).finish(LIMIT);
+        let acquired = run.json();
+        assert_eq!(
+            metadata(&acquired, "key"),
+            name,
+            "'{name}' is next in line:\n{}",
+            run.stderr
+        );
+        assert!(
+            revision(&acquired) > held_at,
+            "'{name}' took the lock (revision {}) after '{holder}' held it (revision {held_at})",
+            revision(&acquired),
+        );
+        held_at = revision(&acquired);
+        let left = outs.len();
+        for (place, out) in outs.iter_mut().enumerate() {
+            assert!(
+                out.is_running(),
+                "a waiter behind '{name}' took the lock too:\n{}",
+                out.stderr()
+            );
+            out.wait_for_log(
+                &format!("waiting in its queue at position {} of {left}", place + 1),
+                LIMIT,
+            );
+        }
+        holder = name;
+    }
+}
+
+#[test]
+fn a_timeout_while_queued_leaves_no_place_behind() {
+    let server = LockerServer::start();
+    let source = server.source("env");
+    lock(&source, "a", "holder");
+    let params = json!({"lock_op": "lock", "key": "b", "locked_by": "waiter", "timeout": "2s"});
+    let started = Instant::now();
+    let run = run(Bin::Out, &put(&source, params), &["/tmp"]);
+    let elapsed = started.elapsed();
+    let error = run.error();
+    assert!(
+        error.starts_with(
+            "error: timed out after 2s trying to lock 'env': it is still held by 'holder' \
+             (1 claim) with key 'a' since "
+        ) && error.ends_with("(this put was at position 1 of 1 in its queue)"),
+        "{error}"
+    );
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(4)).contains(&elapsed),
+        "the server waits up to a minute, yet a 2s timeout must end the wait: took {elapsed:?}"
+    );
+    let lock = server.lock_state(&source);
+    assert!(
+        lock.queue.is_empty(),
+        "the place must be given back, not kept for the grace: {:?}",
+        lock.queue
+    );
+    unlock(&source, "a", "holder");
+    assert!(server.lock_state(&source).is_free());
+}
