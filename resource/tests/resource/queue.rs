@@ -4,7 +4,7 @@
 //! what `out` sends and when; the real server shows that nothing is left behind.
 //!
 //! Broken on purpose (tried):
-//! - without the withdrawal in `resource/src/abort.rs` (`on_signal` exiting at once),
+//! - with a GET in place of the withdrawal in `resource/src/abort.rs`,
 //!   `sigint_during_a_long_poll_gives_the_place_back` fails (no DELETE of the place) and so does
 //!   `sigterm_while_queued_leaves_no_claim_and_no_waiter` (the waiter is still in `queue`);
 //! - without the withdrawal on timeout in `resource/src/put.rs`,
@@ -12,7 +12,10 @@
 //!   `a_timeout_while_queued_leaves_no_place_behind`;
 //! - with a back-off after a place in the queue too (`Outcome::Queued` handled as `Held`),
 //!   `a_place_is_asked_for_again_at_once_and_logged_when_it_changes` fails: it takes seconds;
-//! - with the position logged on every answer, that test fails too (two lines for position 3).
+//! - with the position logged on every answer, that test fails too (two lines for position 3);
+//! - with a fresh request id for each wait,
+//!   `waiters_are_granted_in_the_order_they_came_and_log_their_places` fails: a waiter without
+//!   its id leaves the queue with every answer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
