@@ -162,7 +162,11 @@ impl Application {
             },
             peers: self.peers,
         };
-        let app = http::app(api, self.config.auth.clone());
+        let access = http::Access {
+            user: self.config.auth.clone(),
+            admin: self.config.admin.clone(),
+        };
+        let app = http::app(api, access);
         let acceptor = Limited::new(
             self.acceptor,
             self.head_timeout,

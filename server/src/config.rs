@@ -34,6 +34,9 @@ Environment:
   PORT           port to listen on, on all interfaces (default: 3000; 0 picks a free port)
   AUTH_USER      HTTP basic auth user name; set together with AUTH_PASS
   AUTH_PASS      HTTP basic auth password; set together with AUTH_USER
+  ADMIN_USER     basic auth user name that force-release needs; set together with
+                 ADMIN_PASS (default: unset, the AUTH_USER credentials allow it)
+  ADMIN_PASS     its password
   SSL_CERT       path of a PEM certificate chain; with SSL_KEY the server speaks HTTPS only
   SSL_KEY        path of the PEM private key for SSL_CERT
   LOCKER_DEFAULT_TTL  how long a claim lives when its lock request gives no ttl, like 12h
@@ -76,6 +79,8 @@ pub struct Config {
     pub state_file_is_default: bool,
     pub port: u16,
     pub auth: Option<Credentials>,
+    /// The credentials operators' actions (force-release) need; `None`: `auth`'s allow them.
+    pub admin: Option<Credentials>,
     pub tls: Option<TlsFiles>,
     /// How long a claim lives when its lock request gives no ttl; `None`: for ever.
     pub default_ttl: Option<Duration>,
@@ -104,6 +109,13 @@ impl Config {
         };
         let auth = pair(var("AUTH_USER"), var("AUTH_PASS"), "AUTH_USER", "AUTH_PASS")?
             .map(|(user, pass)| Credentials { user, pass });
+        let admin = pair(
+            var("ADMIN_USER"),
+            var("ADMIN_PASS"),
+            "ADMIN_USER",
+            "ADMIN_PASS",
+        )?
+        .map(|(user, pass)| Credentials { user, pass });
         let tls =
             pair(var("SSL_CERT"), var("SSL_KEY"), "SSL_CERT", "SSL_KEY")?.map(|(cert, key)| {
                 TlsFiles {
@@ -150,6 +162,7 @@ impl Config {
             state_file_is_default,
             port,
             auth,
+            admin,
             tls,
             default_ttl,
             max_ttl,

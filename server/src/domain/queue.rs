@@ -410,6 +410,37 @@ mod tests {
     }
 
     #[test]
+    fn a_force_release_frees_every_claim_and_the_next_waiter_gets_a_greater_token() {
+        let mut lab = Lab::default();
+        lab.lock("a", "r1", at(0));
+        lab.lock("a", "r2", at(0));
+        let released = lab.table.lock("env").token;
+        lab.wait("b", "rb", 1, None);
+        let by = Claim {
+            request_id: Some("force-1".into()),
+            ..Claim::new("", "operator")
+        };
+        let d = lab.run(Op::ForceRelease, &by, at(5));
+        assert_eq!(d.verdict, Verdict::Released);
+        assert_eq!(
+            lab.holders(),
+            ["rb"],
+            "every claim went; the waiter got the lock"
+        );
+        assert!(lab.table.lock("env").token > released);
+        let again = lab.run(Op::ForceRelease, &by, at(6));
+        assert_eq!(
+            again.verdict,
+            Verdict::Released,
+            "a retry is answered as done"
+        );
+        assert_eq!(lab.holders(), ["rb"], "and releases nothing more");
+        lab.unlock("b", "rb", at(7));
+        let d = lab.run(Op::ForceRelease, &Claim::new("", "operator"), at(8));
+        assert_eq!(d.verdict, Verdict::NotHeld);
+    }
+
+    #[test]
     fn a_second_poll_on_one_place_replaces_the_first() {
         let mut lab = Lab::default();
         lab.lock("a", "ra", at(0));

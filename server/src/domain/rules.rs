@@ -355,6 +355,9 @@ pub enum Op {
     },
     /// Withdraw the waiter with the claim's request id, releasing a grant made to it.
     Withdraw,
+    /// Release every claim, whoever holds it (an operator freeing a stuck lock); the claim
+    /// names who asks.
+    ForceRelease,
 }
 
 /// How a request was decided.
@@ -482,9 +485,11 @@ fn decide_afresh(
             }
             (Verdict::Released, Some(next))
         }
-        Op::Wait { .. } | Op::StopWaiting { .. } | Op::Abandon { .. } | Op::Withdraw => {
-            (Verdict::NotQueued, None)
-        }
+        Op::Wait { .. }
+        | Op::StopWaiting { .. }
+        | Op::Abandon { .. }
+        | Op::Withdraw
+        | Op::ForceRelease => (Verdict::NotQueued, None),
     }
 }
 
@@ -750,6 +755,7 @@ impl<'a> Batch<'a> {
             Op::StopWaiting { poll } => self.stop_waiting(name, poll, false, now),
             Op::Abandon { poll } => self.stop_waiting(name, poll, true, now),
             Op::Withdraw => (self.withdraw(name, claim, now), None),
+            Op::ForceRelease => (self.force_release(name, claim), None),
         };
         self.promote(name, now);
         Decision {
@@ -900,6 +906,39 @@ impl<'a> Batch<'a> {
             }
         }
         verdict
+    }
+
+    /// Releases every claim on the lock; the next key to take it gets a greater token. A
+    /// retry (the same request id) releases nothing more.
+    fn force_release(&mut self, name: &str, claim: &Claim) -> Verdict {
+        let lock = self.lock(name);
+        let retried = claim
+            .request_id
+            .as_deref()
+            .is_some_and(|id| lock.remembers(id));
+        if retried {
+            return Verdict::Released;
+        }
+        if lock.is_free() {
+            return Verdict::NotHeld;
+        }
+        let mut next = lock.clone();
+        next.locked_by = Holders::default();
+        next.set_free();
+        if let Some(id) = &claim.request_id {
+            next.remember(id);
+        }
+        self.revision += 1;
+        next.revision = self.revision;
+        self.changes.insert(name.to_owned(), next);
+        // The grants of that tenure went with it.
+        if self
+            .queue(name)
+            .is_some_and(|queue| !queue.granted.is_empty())
+        {
+            self.queue_mut(name).granted.clear();
+        }
+        Verdict::Released
     }
 
     /// Marks the grant made to the claim's request id as collected.

@@ -140,6 +140,30 @@ pub(super) fn decision_response(name: &str, claim: &Claim, decision: &Decision) 
     )
 }
 
+/// The answer to a force-release: 200 with the lock as it stands afterwards.
+pub(super) fn force_release_response(
+    name: &str,
+    by: &str,
+    reason: &str,
+    decision: &Decision,
+) -> Response {
+    let message = match decision.verdict {
+        Verdict::Released => {
+            format!("Lock for '{name}' force-released by '{by}': {reason}")
+        }
+        _ => format!("Lock for '{name}' is not held; nothing to force-release"),
+    };
+    json_response(
+        StatusCode::OK,
+        &ChangeAnswer {
+            field: "response",
+            message: &message,
+            lock: &decision.lock,
+            place: None,
+        },
+    )
+}
+
 /// The answer to `DELETE /lock/{name}/queue/{id}`: 200 whatever there was to withdraw.
 pub(super) fn withdrawal_response(name: &str, id: &str, decision: &Decision) -> Response {
     let message = match decision.verdict {

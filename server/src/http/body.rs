@@ -44,6 +44,47 @@ fn queue_method() -> ApiError {
     )
 }
 
+/// The body of a force-release: why (required), and who asks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Release {
+    pub(super) reason: String,
+    #[serde(default)]
+    pub(super) by: Option<String>,
+}
+
+/// The longest reason a force-release may give, in characters.
+const MAX_REASON: usize = 1024;
+
+/// Reads a force-release body; the reason must say something.
+pub(super) async fn read_release(body: Body) -> Result<Release, ApiError> {
+    let bytes = body
+        .into_vec()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    let release: Release = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "a force-release body is {{\"reason\": \"why\", \"by\": \"who\"}} with reason required: {e}"
+        ))
+    })?;
+    let reason = &release.reason;
+    let blank = |c: char| c <= ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+    if reason.chars().all(blank) {
+        return Err(ApiError::bad_request(
+            "field 'reason' must say why the lock is force-released".into(),
+        ));
+    }
+    if reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::bad_request(format!(
+            "field 'reason' must be at most {MAX_REASON} characters, without control characters but line breaks"
+        )));
+    }
+    if let Some(by) = &release.by {
+        names::check_text("field 'by'", by).map_err(ApiError::bad_request)?;
+    }
+    Ok(release)
+}
+
 /// The lock name and request id of `/lock/{name}/queue/{id}`, if the path is one.
 pub(super) fn queue_path(req: &Request) -> Option<Result<(String, String), ApiError>> {
     let rest = req.uri().path().strip_prefix("/lock/")?;

@@ -65,24 +65,57 @@ pub(super) async fn read_body_first<E: Endpoint<Output = Response>>(
     }
 }
 
-/// Asks for basic auth on every path but `/healthz`, when credentials are configured.
+/// Who may do what: the API's credentials, and the operators' (for force-release), if set.
+#[derive(Debug, Default)]
+pub(crate) struct Access {
+    pub(crate) user: Option<Credentials>,
+    pub(crate) admin: Option<Credentials>,
+}
+
+/// What a request may do, as its credentials say; in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    User,
+    /// Operators' actions too: the admin credentials, or any request when none are set.
+    Admin,
+}
+
+/// Asks for basic auth on every path but `/healthz`, when credentials are configured, and
+/// notes the request's [`Role`]. The admin credentials are good for everything.
 pub(super) async fn authenticate<E: Endpoint<Output = Response>>(
     ep: Arc<E>,
-    req: Request,
-    expected: Option<Arc<Credentials>>,
+    mut req: Request,
+    access: Arc<Access>,
 ) -> poem::Result<Response> {
-    if let Some(expected) = expected.as_deref()
-        && req.uri().path() != "/healthz"
-        && !authorized(&req, expected)
-    {
-        let mut resp = error_response(StatusCode::UNAUTHORIZED, "Please Authenticate");
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Basic realm=\"locker\""),
-        );
-        return Ok(resp);
+    let admin = access
+        .admin
+        .as_ref()
+        .is_some_and(|admin| authorized(&req, admin));
+    let user = admin
+        || access
+            .user
+            .as_ref()
+            .is_none_or(|user| authorized(&req, user));
+    if !user && req.uri().path() != "/healthz" {
+        return Ok(unauthorized());
     }
+    let role = if admin || access.admin.is_none() {
+        Role::Admin
+    } else {
+        Role::User
+    };
+    req.extensions_mut().insert(role);
     ep.call(req).await
+}
+
+/// 401 with the challenge that makes clients send basic auth.
+pub(super) fn unauthorized() -> Response {
+    let mut resp = error_response(StatusCode::UNAUTHORIZED, "Please Authenticate");
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"locker\""),
+    );
+    resp
 }
 
 /// Compares the request's basic auth with the expected credentials in constant time.

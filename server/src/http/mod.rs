@@ -17,14 +17,15 @@ use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
 use serde_json::json;
 
 use crate::clock::Clock;
-use crate::config::Credentials;
 use crate::domain::{Claim, Op};
 use crate::net::peers::Peers;
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 use answer::{
     LockJson, QueueJson, decision_response, error_response, json_response, withdrawal_response,
 };
-use body::{lock_action, lock_name, queue_path, read_claim, request_id, wait_query};
+use body::{lock_action, lock_name, queue_path, read_claim, read_release, request_id, wait_query};
+pub(crate) use middleware::Access;
+use middleware::Role;
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
@@ -46,8 +47,8 @@ pub(crate) struct Waiting {
 }
 
 /// Builds the whole HTTP application.
-pub(crate) fn app(api: Api, auth: Option<Credentials>) -> impl Endpoint<Output = Response> {
-    let auth = auth.map(Arc::new);
+pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> {
+    let access = Arc::new(access);
     Route::new()
         .at("/healthz", get(healthz))
         .at("/openapi.yaml", get(openapi))
@@ -71,7 +72,7 @@ pub(crate) fn app(api: Api, auth: Option<Credentials>) -> impl Endpoint<Output =
             };
             error_response(status, &message)
         })
-        .around(move |ep, req| middleware::authenticate(ep, req, auth.clone()))
+        .around(move |ep, req| middleware::authenticate(ep, req, access.clone()))
         .around(middleware::read_body_first)
         .around(middleware::allow_header)
         .around(middleware::access_log)
@@ -192,17 +193,69 @@ async fn withdraw(api: &Api, name: String, id: String) -> Response {
     }
 }
 
-/// `POST /lock/{name}/ACTION`: `renew`.
+/// `POST /lock/{name}/ACTION`: `renew` and `force-release`.
 #[handler]
 async fn lock_action_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Response {
     match lock_action(req) {
         Ok((name, "renew")) => change(req, body, &api, name, Op::Renew).await,
+        Ok((name, "force-release")) => force_release(req, body, &api, name).await,
         Ok((_, action)) => error_response(
             StatusCode::NOT_FOUND,
-            &format!("no such action '{action}' on a lock (expected POST /lock/NAME/renew)"),
+            &format!(
+                "no such action '{action}' on a lock (expected POST /lock/NAME/renew or /lock/NAME/force-release)"
+            ),
         ),
         Err(e) => e.into_response(),
     }
+}
+
+/// `POST /lock/{name}/force-release`: an operator frees a stuck lock, saying why.
+async fn force_release(req: &Request, body: Body, api: &Api, name: String) -> Response {
+    if req.extensions().get::<Role>() != Some(&Role::Admin) {
+        if req
+            .headers()
+            .contains_key(poem::http::header::AUTHORIZATION)
+        {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "force-release needs the operators' credentials (ADMIN_USER and ADMIN_PASS)",
+            );
+        }
+        return middleware::unauthorized();
+    }
+    let release = match (request_id(req), read_release(body).await) {
+        (Ok(request_id), Ok(release)) => (request_id, release),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let (request_id, body::Release { reason, by }) = release;
+    let by = by
+        .or_else(|| basic_user(req))
+        .unwrap_or_else(|| "anonymous".to_owned());
+    let request = LockRequest {
+        name: name.clone(),
+        op: Op::ForceRelease,
+        claim: Claim {
+            request_id,
+            ..Claim::new("", by.clone())
+        },
+    };
+    match api.store.submit(request).await {
+        Ok(decision) => {
+            if decision.verdict == crate::domain::Verdict::Released {
+                tracing::warn!(lock = %name, by = %by, reason = %reason, "lock force-released");
+            }
+            answer::force_release_response(&name, &by, &reason, &decision)
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+/// The user name of the request's basic auth, if it has one.
+fn basic_user(req: &Request) -> Option<String> {
+    use poem::web::headers::authorization::Basic;
+    use poem::web::headers::{Authorization, HeaderMapExt};
+    let Authorization(basic) = req.headers().typed_get::<Authorization<Basic>>()?;
+    Some(basic.username().to_owned())
 }
 
 async fn change(req: &Request, body: Body, api: &Api, name: String, op: Op) -> Response {

@@ -2,6 +2,7 @@
 
 mod auth_tls;
 mod concurrency;
+mod force_release;
 mod in_process;
 mod leases;
 mod locks;
