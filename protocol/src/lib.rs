@@ -46,12 +46,15 @@ pub struct Lock {
     pub queue: Vec<Waiter>,
 }
 
-/// One request waiting in a lock's queue.
+/// One request waiting in a lock's queue. Read leniently too: what a server leaves out (or
+/// sends as `null`) takes its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiter {
     pub requestor: String,
+    #[serde(default)]
     pub key: String,
     /// When it joined the queue (RFC 3339, UTC).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub since: String,
     /// Who it waits for, as its lock request said.
     #[serde(default, deserialize_with = "null_as_default")]

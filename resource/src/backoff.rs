@@ -42,6 +42,11 @@ impl<R: Rng> Backoff<R> {
         Duration::from_nanos(self.rng.random_range(0..=nanos))
     }
 
+    /// Starts again from the first attempt's wait.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
     /// How many waits have been handed out so far.
     pub fn attempts(&self) -> u32 {
         self.attempt

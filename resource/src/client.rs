@@ -1,14 +1,15 @@
 //! HTTP to the locker server (and the one call to a BOSH director), on `ureq` with rustls.
 //!
-//! Every request has a 10 s connect timeout and a 60 s overall timeout, sends
-//! `User-Agent: locker-resource/<version>` and basic auth when configured. Errors say whether they
+//! Every request has a 10 s connect timeout and a 60 s overall timeout (a lock that waits in the
+//! server's queue gets its wait and 15 s more), sends `User-Agent: locker-resource/<version>`
+//! and basic auth when configured. Errors say whether they
 //! are worth retrying ([`RequestError::is_transient`]): a server that restarts or is briefly
 //! unreachable must not fail a waiting build, while a bad certificate or a 401 will not heal.
 //! Which server certificates are trusted, and the words for one that is not, is [`crate::tls`].
 //!
 //! The lock is read from the server's JSON with every field optional: a server without leases
 //! (the original one, or this one before them) sends no `token` and no `holders`, and the
-//! resource treats them as absent. Request bodies carry `ttl` and `owner` only when there is
+//! resource treats them as absent, and a server without a queue sends no `queue`. Request bodies carry `ttl` and `owner` only when there is
 //! one, so a body without them is the one older servers know.
 
 use std::collections::{BTreeMap, HashSet};
@@ -36,6 +37,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The least time a request gets when a deadline is near, so the last attempt can be answered.
 const MIN_REQUEST_TIME: Duration = Duration::from_secs(1);
+/// How long after its wait a lock that waits in the queue may take to be answered: the server
+/// answers when the wait runs out, so the answer is late only by the way back (or a slow disk).
+const WAIT_ANSWER_TIME: Duration = Duration::from_secs(15);
 
 /// A lock as the server describes it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -61,6 +65,10 @@ pub struct Lock {
     /// from a server without leases (see [`Lock::locked_by`] then).
     #[serde(default, deserialize_with = "locker_protocol::null_as_default")]
     pub holders: Vec<Holder>,
+    /// Who waits for the lock, next in line first; empty when nobody waits, or from a server
+    /// without a queue.
+    #[serde(default, deserialize_with = "locker_protocol::null_as_default")]
+    pub queue: Vec<Waiter>,
     /// The object exactly as the server sent it, fields this version does not know included.
     #[serde(skip)]
     pub json: Value,
@@ -68,6 +76,18 @@ pub struct Lock {
 
 /// One requestor's claims on a lock, as a server with leases describes them.
 pub use locker_protocol::Holder;
+
+/// One request waiting in a lock's queue, as a server with a queue describes it.
+pub use locker_protocol::Waiter;
+
+/// Where a waiting lock request stands in the lock's queue, as a 423 after a wait tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct QueuePlace {
+    /// 1 for the next in line.
+    pub position: u64,
+    /// How many wait, this request included.
+    pub length: u64,
+}
 
 /// A holder for a log line: the build when its owner names one,
 /// `main/prod/deploy #12 (https://...) as 'deploy-12' (1 claim)`, else `'deploy-12' (1 claim)`.
@@ -228,6 +248,9 @@ pub enum ClaimAnswer {
         message: String,
         /// The lock as it is.
         lock: Lock,
+        /// Where the request waits in the lock's queue, when it was sent with a wait to a
+        /// server that queues; `None` from a server without a queue.
+        queue: Option<QueuePlace>,
     },
     /// 409 (to a renew): the requestor holds no claim to renew; it expired or was never taken.
     NotHeld {
@@ -328,7 +351,7 @@ pub enum ClientError {
 }
 
 /// Talks to one locker server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LockerClient {
     agent: ureq::Agent,
     base_url: String,
@@ -399,7 +422,7 @@ impl LockerClient {
     /// `GET /lock/{name}`: the lock's current state.
     pub fn get_lock(&self, name: &str) -> Result<Lock, RequestError> {
         let url = self.lock_url(name);
-        let request = self.prepare(self.agent.get(&url));
+        let request = self.prepare(self.agent.get(&url), self.request_timeout());
         let (status, body) = exchange(&url, request.call())?;
         if status != 200 {
             return Err(status_error(&url, status, &body));
@@ -411,19 +434,66 @@ impl LockerClient {
     /// `PUT /lock/{name}`: claim the lock.
     pub fn lock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
-        self.send_claim(&url, self.agent.put(&url), claim)
+        self.send_claim(&url, self.agent.put(&url), claim, self.request_timeout())
+    }
+
+    /// `PUT /lock/{name}?wait=WAIT`: claim the lock, or wait in its queue for up to `wait`
+    /// (the server may cut it shorter) and hear where the request stands when the wait runs out.
+    /// The request waits for the answer until 15 s after `wait`, or 1 s after the client's
+    /// deadline if that comes first: the server answers when the wait ends.
+    pub fn lock_waiting(
+        &self,
+        name: &str,
+        claim: &Claim<'_>,
+        wait: Duration,
+    ) -> Result<ClaimAnswer, RequestError> {
+        let url = format!("{}?wait={}", self.lock_url(name), wait_text(wait));
+        let mut timeout = wait.saturating_add(WAIT_ANSWER_TIME);
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            timeout = timeout.min(left.saturating_add(MIN_REQUEST_TIME));
+        }
+        self.send_claim(&url, self.agent.put(&url), claim, timeout)
+    }
+
+    /// `DELETE /lock/{name}/queue/{request_id}`: leave the lock's queue, releasing the claim if
+    /// the lock was granted to that request meanwhile. The request gets `within`, whatever the
+    /// deadline: it is what `out` does before it stops.
+    pub fn withdraw(
+        &self,
+        name: &str,
+        request_id: &str,
+        within: Duration,
+    ) -> Result<Lock, RequestError> {
+        let url = format!(
+            "{}/queue/{}",
+            self.lock_url(name),
+            locker_protocol::names::encode_segment(request_id)
+        );
+        let request = self.prepare(self.agent.delete(&url), within);
+        let (status, body) = exchange(&url, request.call())?;
+        if status != 200 {
+            return Err(status_error(&url, status, &body));
+        }
+        let json = parse_json(&url, status, &body)?;
+        let lock = json
+            .get("lock")
+            .cloned()
+            .ok_or_else(|| bad_answer(&url, status, "it has no \"lock\""))?;
+        Lock::from_json(lock).map_err(|err| bad_answer(&url, status, err))
     }
 
     /// `DELETE /lock/{name}`: release one claim.
     pub fn unlock(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = self.lock_url(name);
-        self.send_claim(&url, self.agent.delete(&url).force_send_body(), claim)
+        let request = self.agent.delete(&url).force_send_body();
+        self.send_claim(&url, request, claim, self.request_timeout())
     }
 
     /// `POST /lock/{name}/renew`: move the requestor's deadline to now + `claim.ttl`.
     pub fn renew(&self, name: &str, claim: &Claim<'_>) -> Result<ClaimAnswer, RequestError> {
         let url = format!("{}/renew", self.lock_url(name));
-        self.send_claim(&url, self.agent.post(&url), claim)
+        self.send_claim(&url, self.agent.post(&url), claim, self.request_timeout())
     }
 
     /// Sends `claim` as the body of `request`, with its request id.
@@ -432,26 +502,48 @@ impl LockerClient {
         url: &str,
         request: ureq::RequestBuilder<ureq::typestate::WithBody>,
         claim: &Claim<'_>,
+        timeout: Duration,
     ) -> Result<ClaimAnswer, RequestError> {
         let request = self
-            .prepare(request)
+            .prepare(request, timeout)
             .header(locker_protocol::IDEMPOTENCY_KEY, claim.request_id);
         claim_answer(url, request.send_json(claim.body()))
     }
 
-    fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    /// The timeout of a request that the server answers at once: 60 s, shortened so that it
+    /// ends by the deadline, but at least a second.
+    fn request_timeout(&self) -> Duration {
+        match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                left.clamp(MIN_REQUEST_TIME, REQUEST_TIMEOUT)
+            }
+            None => REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Adds the credentials and the timeout.
+    fn prepare<B>(
+        &self,
+        request: ureq::RequestBuilder<B>,
+        timeout: Duration,
+    ) -> ureq::RequestBuilder<B> {
         let request = match &self.authorization {
             Some(value) => request.header("Authorization", value),
             None => request,
         };
-        match self.deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let timeout = left.clamp(MIN_REQUEST_TIME, REQUEST_TIMEOUT);
-                request.config().timeout_global(Some(timeout)).build()
-            }
-            None => request,
-        }
+        request.config().timeout_global(Some(timeout)).build()
+    }
+}
+
+/// A wait as the `wait` query parameter: whole seconds (`50s`) or milliseconds (`1500ms`), so
+/// that it needs no percent-encoding.
+fn wait_text(wait: Duration) -> String {
+    let millis = wait.as_millis();
+    if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
     }
 }
 
@@ -532,8 +624,22 @@ fn claim_answer(
     Ok(match status {
         200 => ClaimAnswer::Done { message, lock },
         409 => ClaimAnswer::NotHeld { message, lock },
-        _ => ClaimAnswer::Locked { message, lock },
+        _ => ClaimAnswer::Locked {
+            message,
+            lock,
+            queue: queue_place(url, &json)?,
+        },
     })
+}
+
+/// The `queue` of a 423 after a wait; `None` from a server without a queue.
+fn queue_place(url: &str, answer: &Value) -> Result<Option<QueuePlace>, RequestError> {
+    match answer.get("queue") {
+        None | Some(Value::Null) => Ok(None),
+        Some(queue) => QueuePlace::deserialize(queue)
+            .map(Some)
+            .map_err(|err| bad_answer(url, 423, format!("its \"queue\": {err}"))),
+    }
 }
 
 fn parse_json(url: &str, status: u16, body: &str) -> Result<Value, RequestError> {
@@ -656,6 +762,62 @@ mod tests {
             client.lock_url("🔒"),
             "http://locker:3000/lock/%F0%9F%94%92"
         );
+    }
+
+    #[test]
+    fn a_wait_is_sent_without_spaces() {
+        assert_eq!(wait_text(Duration::from_secs(50)), "50s");
+        assert_eq!(wait_text(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(wait_text(Duration::from_micros(1_500_700)), "1500ms");
+        assert_eq!(wait_text(Duration::from_micros(2_000_700)), "2s");
+    }
+
+    #[test]
+    fn a_423_after_a_wait_tells_the_place_in_the_queue() {
+        let answer = json!({"error": "held", "lock": {}, "queue": {"position": 2, "length": 5}});
+        assert_eq!(
+            queue_place("u", &answer).unwrap(),
+            Some(QueuePlace {
+                position: 2,
+                length: 5
+            })
+        );
+        let original = json!({"error": "held", "lock": {}});
+        assert_eq!(queue_place("u", &original).unwrap(), None);
+        assert_eq!(
+            queue_place("u", &json!({"queue": null})).unwrap(),
+            None,
+            "null reads as no queue"
+        );
+        let err = queue_place("u", &json!({"queue": {"position": "first"}})).unwrap_err();
+        assert!(err.to_string().contains("\"queue\""), "{err}");
+    }
+
+    #[test]
+    fn a_locks_queue_is_read_in_order_and_absent_means_empty() {
+        let json = json!({"key": "k", "locked_by": {"a": 1}, "revision": 3, "locked_at": null,
+        "queue": [
+            {"requestor": "b", "key": "x", "since": "2026-12-02T09:00:00.000Z",
+             "owner": {"job": "deploy"}},
+            {"requestor": "c", "since": null, "owner": null}
+        ]});
+        let lock = Lock::from_json(json).unwrap();
+        let waiting: Vec<(&str, &str)> = lock
+            .queue
+            .iter()
+            .map(|waiter| (waiter.requestor.as_str(), waiter.key.as_str()))
+            .collect();
+        assert_eq!(
+            waiting,
+            [("b", "x"), ("c", "")],
+            "what a server leaves out is empty"
+        );
+        assert_eq!(lock.queue[0].owner["job"], "deploy");
+        assert!(lock.queue[1].owner.is_empty());
+
+        let before_the_queue =
+            json!({"key": "", "locked_by": {}, "revision": 0, "locked_at": null});
+        assert!(Lock::from_json(before_the_queue).unwrap().queue.is_empty());
     }
 
     #[test]

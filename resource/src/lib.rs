@@ -6,12 +6,14 @@
 //! - [`client`]: HTTP to the locker server (ureq, rustls) and the BOSH director lookup.
 //! - [`tls`]: which server certificates are trusted (`ca_cert` also pinned as the server's own),
 //!   and the words for one that is refused.
+//! - [`abort`]: what SIGTERM and SIGINT do to `out` (give back a place in a lock's queue).
 //! - [`backoff`]: full-jitter exponential back-off between attempts.
 //! - [`duration`]: durations as pipelines write them.
 //! - [`build_env`]: the build variables, for log lines and the claim's `owner`.
 //! - [`check`], [`get`] and [`put`]: the three commands; `src/bin/{check,in,out}.rs` only read
 //!   stdin, argv and the environment, call these and print.
 
+pub mod abort;
 pub mod backoff;
 pub mod build_env;
 pub mod check;

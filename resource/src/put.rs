@@ -1,14 +1,23 @@
-//! `out` (Concourse's put step): lock, unlock or renew, waiting politely.
+//! `out` (Concourse's put step): lock, unlock or renew, waiting in line.
 //!
-//! `lock` claims the lock and, while another key holds it, retries after a full-jitter back-off
-//! ([`crate::backoff`]), logging one line per wait that names the holding build and when its
-//! lease ends; a server that is down or restarting is waited for the same way. It sends the
-//! lease (`ttl`) when the pipeline sets one, and the build as the claim's `owner`. `unlock` and
-//! `renew` fail at once when another key holds the lock (`renew` also when the claim is gone)
-//! and retry only an unreachable server. All stop at `params.timeout` (for `unlock` and
-//! `renew`, 10 minutes by default). Every attempt carries the same request id
-//! (`Idempotency-Key`), so a retry after a lost answer is recognised by the server and claims
-//! or releases nothing a second time.
+//! `lock` claims the lock and, while another key holds it, waits in the lock's queue on the
+//! server: the first request joins the queue and hears its place at once (`?wait=1ms`), each
+//! following one asks to wait up to 50 s (less when the put's `timeout` is nearer), the server
+//! answers the moment the lock is granted, and a request whose wait ran out is followed by the
+//! next at once, keeping the place. It logs who holds the lock and its
+//! position in the queue whenever that changes. A server without a queue (the original one,
+//! or this one before it) answers at once without a place; then `lock` retries after a
+//! full-jitter back-off ([`crate::backoff`]), one log line per wait. A server that is down or
+//! restarting is waited for with the back-off too, and then the place is asked for again. When
+//! the `timeout` passes, `lock` withdraws from the queue (releasing the lock if it was granted
+//! meanwhile) before it fails, and an abort does the same ([`crate::abort`]).
+//!
+//! It sends the lease (`ttl`) when the pipeline sets one, and the build as the claim's `owner`.
+//! `unlock` and `renew` fail at once when another key holds the lock (`renew` also when the
+//! claim is gone) and retry only an unreachable server. All stop at `params.timeout` (for
+//! `unlock` and `renew`, 10 minutes by default). Every request of one `out` carries the same
+//! request id (`Idempotency-Key`): the server knows a waiting lock's place by it, and a retry
+//! after a lost answer claims or releases nothing a second time.
 //!
 //! Older servers keep working: one that refuses `owner` as an unknown field (this server before
 //! leases) is asked again without it, and one that ignores `ttl` (the original server, whose
@@ -21,14 +30,35 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::abort::{Abort, Place};
 use crate::backoff::Backoff;
-use crate::client::{Claim, ClaimAnswer, Lock, LockerClient, RequestError, new_request_id};
+use crate::client::{
+    Claim, ClaimAnswer, Lock, LockerClient, QueuePlace, RequestError, new_request_id,
+};
 use crate::config::{DEFAULT_RETRY_TIMEOUT, LockOp, OutParams, Source};
 use crate::protocol::{MetadataField, Request, StepOutput, Version};
 use crate::{BuildEnv, Error, duration, resolve_lock_name};
 
-/// Runs `out` on what Concourse wrote on stdin.
-pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOutput, Error> {
+/// The longest wait one lock request asks the server for: below the 60 s that proxies and
+/// load balancers commonly allow an idle request.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(50);
+
+/// The wait of a lock request that does not know its place: the first, and the first after a
+/// server error (a restart empties the queue). It joins the queue and is answered at once, so
+/// that the log says straight away who holds the lock and where this put stands.
+const JOIN_WAIT: Duration = Duration::from_millis(1);
+
+/// How long `lock` gives the server to take back its place when the `timeout` has passed.
+const WITHDRAW_TIME: Duration = Duration::from_millis(1500);
+
+/// Runs `out` on what Concourse wrote on stdin. While `lock` waits in a queue, `abort` knows
+/// the place, so that a signal gives it back.
+pub fn run(
+    input: &str,
+    build: &BuildEnv,
+    abort: &Abort,
+    log: &mut dyn Write,
+) -> Result<StepOutput, Error> {
     let request = Request::from_stdin(input)?;
     let source = Source::from_json(&request.source)?;
     let params = OutParams::from_json(&request.params)?;
@@ -49,6 +79,8 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
         started,
         deadline,
         backoff: Backoff::new(delays.first, delays.max, rand::rng()),
+        attempts: 0,
+        place: None,
         log,
     };
     let request_id = new_request_id();
@@ -74,8 +106,19 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
             .unwrap_or_default()
     );
     let lock = match params.lock_op {
-        LockOp::Lock => lock(&mut attempts, &client, &name, &claim, &build.owner())?,
-        LockOp::Unlock => attempts.run(|| match client.unlock(&name, &claim) {
+        LockOp::Lock => {
+            abort.queued(Place {
+                client: client.clone(),
+                name: name.clone(),
+                request_id: request_id.clone(),
+            });
+            let taken = lock(&mut attempts, &client, &name, &claim, &build.owner());
+            if let Err(Error::TimedOut { .. }) = taken {
+                abort.left_queue();
+            }
+            taken?
+        }
+        LockOp::Unlock => attempts.run(|_| match client.unlock(&name, &claim) {
             Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
             Ok(ClaimAnswer::Locked { message, .. } | ClaimAnswer::NotHeld { message, .. }) => {
                 Err(Error::Refused {
@@ -87,7 +130,7 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
             Err(err) if err.is_transient() => Ok(Outcome::Unreachable(err)),
             Err(err) => Err(err.into()),
         })?,
-        LockOp::Renew => attempts.run(|| match client.renew(&name, &claim) {
+        LockOp::Renew => attempts.run(|_| match client.renew(&name, &claim) {
             Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
             Ok(ClaimAnswer::Locked { message, .. }) => Err(Error::Refused {
                 op: "renew",
@@ -131,7 +174,8 @@ pub fn run(input: &str, build: &BuildEnv, log: &mut dyn Write) -> Result<StepOut
     })
 }
 
-/// Takes the lock, sending the build as `owner` unless the server refuses that field.
+/// Takes the lock, waiting in its queue, sending the build as `owner` unless the server
+/// refuses that field. When the timeout passes it withdraws from the queue before failing.
 fn lock<R: Rng>(
     attempts: &mut Attempts<'_, R>,
     client: &LockerClient,
@@ -140,14 +184,48 @@ fn lock<R: Rng>(
     owner: &BTreeMap<String, String>,
 ) -> Result<Lock, Error> {
     let mut send_owner = !owner.is_empty();
-    let lock = attempts.run(|| {
+    // Whether the server queues: unknown until it answers a wait. One that does not is still
+    // asked to wait (it ignores the query), so that a server upgraded while the put waits
+    // queues it from its restart on.
+    let mut server_queues = None;
+    // Whether the last answer gave a place in the queue.
+    let mut placed = false;
+    let deadline = attempts.deadline;
+    let taken = attempts.run(|log| {
         let claim = Claim {
             owner: send_owner.then_some(owner),
             ..claim.clone()
         };
-        match client.lock(name, &claim) {
+        let wait = poll_wait(placed, deadline, Instant::now());
+        let answer = match wait {
+            Some(wait) => client.lock_waiting(name, &claim, wait),
+            None => client.lock(name, &claim),
+        };
+        placed = false;
+        match answer {
             Ok(ClaimAnswer::Done { lock, .. }) => Ok(Outcome::Done(lock)),
-            Ok(ClaimAnswer::Locked { lock, .. }) => Ok(Outcome::Held(lock)),
+            Ok(ClaimAnswer::Locked {
+                lock,
+                queue: Some(place),
+                ..
+            }) => {
+                server_queues = Some(true);
+                placed = true;
+                Ok(Outcome::Queued(lock, place))
+            }
+            Ok(ClaimAnswer::Locked {
+                lock, queue: None, ..
+            }) => {
+                if wait.is_some() && server_queues != Some(false) {
+                    server_queues = Some(false);
+                    let _ = writeln!(
+                        log,
+                        "note: the server keeps no queue (it predates it), so waiting for lock \
+                         '{name}' is trying again with back-off"
+                    );
+                }
+                Ok(Outcome::Held(lock))
+            }
             Ok(ClaimAnswer::NotHeld { message, .. }) => Err(Error::Refused {
                 op: "lock",
                 name: name.to_owned(),
@@ -164,7 +242,20 @@ fn lock<R: Rng>(
             Err(err) if err.is_transient() => Ok(Outcome::Unreachable(err)),
             Err(err) => Err(err.into()),
         }
-    })?;
+    });
+    if let Err(Error::TimedOut { .. }) = taken
+        && server_queues != Some(false)
+    {
+        let left = match client.withdraw(name, claim.request_id, WITHDRAW_TIME) {
+            Ok(_) => format!("left the queue of lock '{name}'"),
+            Err(err) => format!(
+                "note: could not leave the queue of lock '{name}' ({err}); the server drops \
+                 the place after its grace (LOCKER_QUEUE_GRACE)"
+            ),
+        };
+        let _ = writeln!(attempts.log, "{left}");
+    }
+    let lock = taken?;
     if let Some(ttl) = claim.ttl
         && !lock.server_has_leases()
     {
@@ -185,11 +276,25 @@ fn refuses_owner(err: &RequestError) -> bool {
         if message.contains("unknown field") && message.contains("owner"))
 }
 
+/// How long the next lock request asks to wait in the queue: [`MAX_POLL_WAIT`] once the last
+/// answer `placed` it in the queue, [`JOIN_WAIT`] otherwise, and never beyond the deadline.
+/// `None` when less than a millisecond is left: that request asks for the lock without
+/// waiting, as the last before the timeout.
+fn poll_wait(placed: bool, deadline: Option<Instant>, now: Instant) -> Option<Duration> {
+    let wait = if placed { MAX_POLL_WAIT } else { JOIN_WAIT };
+    let left = deadline.map_or(wait, |deadline| deadline.saturating_duration_since(now));
+    let wait = wait.min(left);
+    (wait >= Duration::from_millis(1)).then_some(wait)
+}
+
 /// What one attempt came to.
 enum Outcome {
     /// The operation is done; the lock after it.
     Done(Lock),
-    /// Another key holds the lock: wait and try again.
+    /// Another key holds the lock and the request waits in its queue, at this place: ask again
+    /// at once.
+    Queued(Lock, QueuePlace),
+    /// Another key holds the lock (and the server keeps no queue): wait and try again.
     Held(Lock),
     /// The server could not be reached or failed: wait and try again.
     Unreachable(RequestError),
@@ -197,7 +302,8 @@ enum Outcome {
     Again(String),
 }
 
-/// Repeats one operation with back-off until it is done, fails or runs out of time.
+/// Repeats one operation until it is done, fails or runs out of time: at once while it waits
+/// in a queue, after a back-off otherwise.
 struct Attempts<'a, R> {
     op: LockOp,
     name: &'a str,
@@ -205,14 +311,23 @@ struct Attempts<'a, R> {
     started: Instant,
     deadline: Option<Instant>,
     backoff: Backoff<R>,
+    /// How many requests were sent.
+    attempts: u32,
+    /// The place in the queue last logged; `None` when not waiting in one.
+    place: Option<QueuePlace>,
     log: &'a mut dyn Write,
 }
 
 impl<R: Rng> Attempts<'_, R> {
-    fn run(&mut self, mut attempt: impl FnMut() -> Result<Outcome, Error>) -> Result<Lock, Error> {
+    /// Runs `attempt` (which may write notes to the log it is given) until it is done.
+    fn run(
+        &mut self,
+        mut attempt: impl FnMut(&mut dyn Write) -> Result<Outcome, Error>,
+    ) -> Result<Lock, Error> {
         loop {
-            let number = self.backoff.attempts() + 1;
-            let outcome = attempt()?;
+            self.attempts += 1;
+            let number = self.attempts;
+            let outcome = attempt(&mut *self.log)?;
             match outcome {
                 Outcome::Done(lock) => {
                     if number > 1 {
@@ -234,7 +349,32 @@ impl<R: Rng> Attempts<'_, R> {
                     let _ = writeln!(self.log, "{note}");
                     continue;
                 }
-                Outcome::Held(_) | Outcome::Unreachable(_) => {}
+                Outcome::Queued(lock, place) => {
+                    if self
+                        .deadline
+                        .is_some_and(|deadline| Instant::now() >= deadline)
+                    {
+                        return Err(self.timed_out(Outcome::Queued(lock, place)));
+                    }
+                    if self.place.map(|logged| logged.position) != Some(place.position) {
+                        let _ = writeln!(
+                            self.log,
+                            "lock '{}' is held by {}; waiting in its queue at position {} of {}",
+                            self.name,
+                            holding(&lock),
+                            place.position,
+                            place.length
+                        );
+                    }
+                    self.place = Some(place);
+                    // The server answers; should it fail later, its back-off starts small.
+                    self.backoff.reset();
+                    continue;
+                }
+                Outcome::Held(_) | Outcome::Unreachable(_) => {
+                    // After a wait without a place, the next place is logged whatever it is.
+                    self.place = None;
+                }
             }
             let mut delay = self.backoff.next_delay();
             if let Some(deadline) = self.deadline {
@@ -247,7 +387,9 @@ impl<R: Rng> Attempts<'_, R> {
             let why = match &outcome {
                 Outcome::Held(lock) => format!("lock '{}' is held by {}", self.name, holding(lock)),
                 Outcome::Unreachable(err) => format!("{err}"),
-                Outcome::Done(_) | Outcome::Again(_) => unreachable!("handled above"),
+                Outcome::Done(_) | Outcome::Again(_) | Outcome::Queued(..) => {
+                    unreachable!("handled above")
+                }
             };
             let _ = writeln!(
                 self.log,
@@ -261,6 +403,12 @@ impl<R: Rng> Attempts<'_, R> {
     fn timed_out(&self, last: Outcome) -> Error {
         let timeout = duration::format(self.timeout.unwrap_or_default());
         let reason = match last {
+            Outcome::Queued(lock, place) => format!(
+                "it is still held by {} (this put was at position {} of {} in its queue)",
+                holding(&lock),
+                place.position,
+                place.length
+            ),
             Outcome::Held(lock) => format!("it is still held by {}", holding(&lock)),
             Outcome::Unreachable(err) => format!("the server did not answer: {err}"),
             Outcome::Done(_) | Outcome::Again(_) => String::new(),
@@ -329,6 +477,33 @@ mod tests {
             holding(&held),
             "'r' (2 claims) with key 'K' since 2026-12-02T09:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn a_poll_joins_at_once_then_waits_fifty_seconds_or_until_the_timeout() {
+        let now = Instant::now();
+        assert_eq!(poll_wait(false, None, now), Some(JOIN_WAIT));
+        assert_eq!(poll_wait(true, None, now), Some(MAX_POLL_WAIT));
+        let in_an_hour = now + Duration::from_secs(3600);
+        assert_eq!(poll_wait(false, Some(in_an_hour), now), Some(JOIN_WAIT));
+        assert_eq!(poll_wait(true, Some(in_an_hour), now), Some(MAX_POLL_WAIT));
+        let soon = now + Duration::from_millis(1200);
+        assert_eq!(
+            poll_wait(true, Some(soon), now),
+            Some(Duration::from_millis(1200)),
+            "a wait must not outlast the put's timeout"
+        );
+        for placed in [false, true] {
+            assert_eq!(
+                poll_wait(placed, Some(now), now),
+                None,
+                "at the deadline the last request does not wait"
+            );
+            assert_eq!(
+                poll_wait(placed, Some(now), now + Duration::from_secs(1)),
+                None
+            );
+        }
     }
 
     #[test]

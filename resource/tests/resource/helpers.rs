@@ -166,6 +166,15 @@ impl Running {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Sends `signal` (`libc::SIGTERM`, ...), as Concourse does to abort a step.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill has no memory effects; the child is ours and not yet reaped (it is
+        // reaped only by `finish` or on drop), so the pid is still its own.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "could not send signal {signal} to {pid}");
+    }
+
     /// Waits until stderr contains `text`, failing the test after `limit`.
     pub fn wait_for_log(&mut self, text: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
@@ -280,6 +289,15 @@ impl LockerServer {
                     self.server.log()
                 )
             })
+    }
+}
+
+/// Waits until `condition` holds, failing the test with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not so after {limit:?}");
+        thread::sleep(Duration::from_millis(10));
     }
 }
 

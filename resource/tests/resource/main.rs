@@ -2,6 +2,7 @@
 //! real `locker` server started on a free port with a temporary state file.
 
 mod helpers;
+mod stand_in;
 
 mod auth_and_tls;
 mod leases;
@@ -10,4 +11,5 @@ mod lost_answers;
 mod older_servers;
 mod pinned_certificates;
 mod protocol;
+mod queue;
 mod waiting;

@@ -1,106 +1,20 @@
 //! Servers without leases: this server before them, which refuses unknown body fields, and the
-//! original server, which ignores them and whose locks have no `token` or `holders`. The
+//! original server, which ignores them and whose locks have no `token` or `holders`. Neither
+//! keeps a queue: both ignore `?wait=` and answer 423 at once, without a `queue`. The
 //! resource must keep working against both. Each is played by a stand-in that answers as that
 //! server did and records what it was sent.
 //!
 //! Broken on purpose (tried): with `refuses_owner` in `resource/src/put.rs` always false,
 //! `a_server_that_refuses_owner_still_gives_the_lock` fails: the 400 about `owner` fails the lock.
+//! With a 423 without `queue` taken for a place in the queue (`Outcome::Queued` with a made-up
+//! place), `a_server_without_a_queue_is_asked_again_after_back_off` fails: no back-off line.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-/// What a stand-in server was sent.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    idempotency_key: Option<String>,
-    body: Value,
-}
-
-/// How a stand-in answers one request: status and JSON body.
-type Answer = fn(&Received) -> (u16, Value);
-
-/// A one-request-per-connection HTTP server answering with `answer`.
-struct StandIn {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl StandIn {
-    fn start(answer: Answer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let log = log.clone();
-                thread::spawn(move || serve(stream, answer, &log));
-            }
-        });
-        Self { url, received }
-    }
-
-    fn source(&self) -> Value {
-        json!({"locker_uri": self.url, "lock_name": "env",
-               "retry_delay": "50ms", "max_retry_delay": "200ms"})
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-fn serve(stream: TcpStream, answer: Answer, log: &Mutex<Vec<Received>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-        return;
-    }
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let path = parts.next().unwrap_or_default().to_owned();
-    let (mut length, mut idempotency_key) = (0, None);
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap();
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().unwrap(),
-            "idempotency-key" => idempotency_key = Some(value.trim().to_owned()),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    let received = Received {
-        method,
-        path,
-        idempotency_key,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    };
-    let (status, answer) = answer(&received);
-    log.lock().unwrap().push(received);
-    let answer = answer.to_string();
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-}
+use crate::stand_in::{Received, StandIn};
 
 /// The lock as a server without leases describes it after `body`'s requestor took it.
 fn lock_without_leases(body: &Value) -> Value {
@@ -144,6 +58,69 @@ fn ignores_unknown_fields(request: &Received) -> (u16, Value) {
         ),
         _ => (405, json!({"error": "method not allowed on this path"})),
     }
+}
+
+/// The original server while `holder` holds the lock for the first `refusals` lock requests:
+/// 423 at once, whatever the `wait`, and no `queue` in the answer.
+fn held_without_a_queue(refusals: usize) -> impl Fn(&Received) -> (u16, Value) + Send + Sync {
+    let locks = AtomicUsize::new(0);
+    move |request| match request.method.as_str() {
+        "PUT" if locks.fetch_add(1, Ordering::SeqCst) < refusals => (
+            423,
+            json!({"error": "Lock for 'env' is held by 'holder' using key 'h', not 'k'",
+                   "lock": {"key": "h", "locked_by": {"holder": 1}, "revision": 1,
+                            "locked_at": "2024-01-01T00:00:00.000Z"}}),
+        ),
+        "PUT" => (
+            200,
+            json!({"response": "locked", "lock": lock_without_leases(&request.body)}),
+        ),
+        _ => (405, json!({"error": "method not allowed on this path"})),
+    }
+}
+
+#[test]
+fn a_server_without_a_queue_is_asked_again_after_back_off() {
+    let server = StandIn::start(held_without_a_queue(3));
+    let input = put(&server.source(), json!({"lock_op": "lock", "key": "k"}));
+    let run = run(Bin::Out, &input, &["/tmp"]);
+    let output = run.json();
+    assert_eq!(metadata(&output, "holders"), r#"{"k":1}"#);
+
+    let received = server.received();
+    let methods: Vec<&str> = received.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        methods, ["PUT"; 4],
+        "three refusals, then the lock; nothing to withdraw"
+    );
+    assert!(
+        received.iter().all(|r| r.wait().is_some()),
+        "every lock asks to wait (an older server ignores it): {received:?}"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r.idempotency_key == received[0].idempotency_key),
+        "one request id for the whole wait: {received:?}"
+    );
+    assert_eq!(
+        run.stderr.matches("the server keeps no queue").count(),
+        1,
+        "the fallback is noted once:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("before the next").count(),
+        3,
+        "each refusal is followed by a back-off:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("lock 'env' is held by 'holder' (1 claim) with key 'h'"),
+        "{}",
+        run.stderr
+    );
 }
 
 const BUILD: [(&str, &str); 5] = [
