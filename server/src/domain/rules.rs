@@ -624,6 +624,16 @@ impl LockTable {
         self.trim_history();
     }
 
+    /// The table without its history: what a state file holds.
+    #[cfg(test)]
+    pub fn without_history(&self) -> LockTable {
+        LockTable {
+            history: imbl::Vector::new(),
+            history_id: 0,
+            ..self.clone()
+        }
+    }
+
     fn trim_history(&mut self) {
         while self.history.len() > self.history_max {
             self.history.pop_front();
