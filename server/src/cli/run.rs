@@ -178,11 +178,15 @@ impl Watch<'_> {
                     lost.get_or_insert(message);
                 }
                 Some(Event::Renewed(Err(failure))) if lost.is_none() => {
-                    eprintln!(
-                        "locker run: renewing lock '{}' failed: {failure}; trying again until the lease ends",
-                        self.name
-                    );
-                    last_failure = Some(failure.to_string());
+                    let failure = failure.to_string();
+                    // Retries come often near the lease's end: tell each new reason once.
+                    if last_failure.as_ref() != Some(&failure) {
+                        eprintln!(
+                            "locker run: renewing lock '{}' failed: {failure}; trying again until the lease ends",
+                            self.name
+                        );
+                    }
+                    last_failure = Some(failure);
                 }
                 _ => {}
             }
