@@ -141,7 +141,7 @@ impl Watch<'_> {
     fn until_exit(mut self, events: &Events) -> std::io::Result<(ExitStatus, Option<String>)> {
         let mut lost: Option<String> = None;
         let mut last_failure = None;
-        let mut kill_at = None;
+        let mut stopping = Stopping::No;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok((status, lost));
@@ -156,15 +156,14 @@ impl Watch<'_> {
                         .unwrap_or("the server did not answer in time")
                 ));
             }
-            match kill_at {
-                None if lost.is_some() => {
+            match stopping {
+                Stopping::No if lost.is_some() => {
                     self.signal(libc::SIGTERM);
-                    kill_at = Some(now + self.grace);
+                    stopping = Stopping::Terminated { at: now };
                 }
-                Some(at) if now >= at => {
-                    // Once: after SIGKILL, only its end is awaited.
+                Stopping::Terminated { at } if now >= at + self.grace => {
                     self.child.kill()?;
-                    kill_at = Some(now + Duration::from_secs(3600 * 24 * 365));
+                    stopping = Stopping::Killed;
                 }
                 _ => {}
             }
@@ -201,6 +200,17 @@ impl Watch<'_> {
             libc::kill(pid, signal);
         }
     }
+}
+
+/// How far stopping a command whose lease was lost has come.
+#[derive(Debug, Clone, Copy)]
+enum Stopping {
+    No,
+    /// Sent SIGTERM at `at`; SIGKILL follows after the grace.
+    Terminated {
+        at: Instant,
+    },
+    Killed,
 }
 
 /// The thread that renews the lease every third of it, and sooner after a failure. It stops
