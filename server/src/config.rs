@@ -21,15 +21,9 @@ pub const MAX_MAX_WAIT: Duration = Duration::from_secs(3600);
 /// How long a queued place outlives its poll when `LOCKER_QUEUE_GRACE` is not set.
 pub const DEFAULT_QUEUE_GRACE: Duration = Duration::from_secs(30);
 
-/// The text `locker --help` prints.
-pub const HELP: &str = "\
-locker: a lock server for Concourse pipelines
-
-Usage: locker              run the server, configured by the environment
-       locker healthcheck  exit 0 if the server on $PORT answers GET /healthz
-       locker --help | --version
-
-Environment:
+/// The server's environment, for `locker --help`.
+pub const ENVIRONMENT_HELP: &str = "\
+Server environment (locker without a command):
   LOCKER_CONFIG  path of the state file (default: locker-data.yml in the working directory)
   PORT           port to listen on, on all interfaces (default: 3000; 0 picks a free port)
   AUTH_USER      HTTP basic auth user name; set together with AUTH_PASS

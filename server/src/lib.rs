@@ -11,10 +11,13 @@
 //! - [`app`]: builds the server from a configuration and a port, then serves it.
 //! - [`config`]: configuration from the environment.
 //! - [`healthcheck`]: the `locker healthcheck` probe for container runtimes.
+//! - [`cli`]: the command-line client (`locker lock`, `status`, `run`, ...), which talks to a
+//!   server over HTTP like any other client.
 //!
 //! The wire types the server shares with its clients are in the `locker-protocol` crate.
 
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -1,33 +1,22 @@
-//! The `locker` binary: reads the environment and runs the server.
+//! The `locker` binary: without a command it reads the environment and runs the server; with
+//! one it is the probe for containers or a client of a running server.
 
 use std::process::ExitCode;
 
-use locker_server::config::{Config, HELP};
-use locker_server::{app, healthcheck};
+use locker_server::cli::args::{Args, Command};
+use locker_server::config::Config;
+use locker_server::{app, cli, healthcheck};
 use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        [] => {}
-        ["--help" | "-h"] => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        ["--version" | "-V"] => {
-            println!("locker {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        ["healthcheck"] => return run_healthcheck(),
-        other => {
-            eprintln!(
-                "error: unexpected argument {:?}; see locker --help",
-                other.join(" ")
-            );
-            return ExitCode::from(2);
-        }
+    match Args::parse_with_help().command {
+        None => serve(),
+        Some(Command::Healthcheck) => run_healthcheck(),
+        Some(Command::Client(command)) => cli::run(*command),
     }
+}
+
+fn serve() -> ExitCode {
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok())
