@@ -340,6 +340,9 @@ impl Claim {
 pub enum Op {
     /// Claim the lock if it can be had now.
     Lock,
+    /// A lock an operator takes by hand (with a note, as the claim's reason): decided as a
+    /// lock, recorded as a reservation.
+    Reserve,
     /// Claim the lock, or wait for it in its queue as poll `poll`: join at the end, or resume
     /// the place of the waiter with the claim's request id. The place (and then the grant)
     /// outlives the poll by `grace`.
@@ -441,7 +444,7 @@ fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
     }
     let holds = lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some();
     match op {
-        Op::Lock | Op::Wait { .. } if holds => Some(Verdict::Acquired),
+        Op::Lock | Op::Reserve | Op::Wait { .. } if holds => Some(Verdict::Acquired),
         Op::Unlock => Some(Verdict::Released),
         _ => None,
     }
@@ -457,7 +460,7 @@ fn decide_afresh(
     let same_key = lock.is_free() || lock.key == claim.key;
     match op {
         _ if !same_key => (Verdict::HeldByOther, None),
-        Op::Lock => {
+        Op::Lock | Op::Reserve => {
             // Re-entry is always granted; a new sharer of the key waits behind other keys.
             if others_waiting && lock.locked_by.get(&claim.requestor).is_none() {
                 return (Verdict::OthersWaiting, None);
@@ -873,7 +876,9 @@ impl<'a> Batch<'a> {
     /// lock left free goes to the first in its queue in the same batch.
     pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
         let (verdict, place) = match op {
-            Op::Lock | Op::Unlock | Op::Renew => (self.change(name, op, claim, now), None),
+            Op::Lock | Op::Reserve | Op::Unlock | Op::Renew => {
+                (self.change(name, op, claim, now), None)
+            }
             Op::Wait { poll, grace } => self.wait(name, poll, grace, claim, now),
             Op::StopWaiting { poll } => self.stop_waiting(name, poll, false, now),
             Op::Abandon { poll } => self.stop_waiting(name, poll, true, now),
@@ -907,6 +912,7 @@ impl<'a> Batch<'a> {
             let action = match op {
                 Op::Unlock => Action::Unlock,
                 Op::Renew => Action::Renew,
+                Op::Reserve => Action::Reserve,
                 _ => Action::Lock,
             };
             let holder = next

@@ -105,6 +105,45 @@ pub(super) struct Release {
     pub(super) by: Option<String>,
 }
 
+/// The body of a reservation: who, why, and for how long (all but `by` required).
+pub(super) struct Reservation {
+    pub(super) by: Option<String>,
+    pub(super) note: String,
+    pub(super) ttl: Duration,
+}
+
+/// Reads a reservation body: `{"by": "alice", "note": "why", "ttl": "2h"}`.
+pub(super) async fn read_reservation(body: Body) -> Result<Reservation, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Stored<'a> {
+        #[serde(default)]
+        by: Option<String>,
+        note: String,
+        #[serde(borrow)]
+        ttl: TtlValue<'a>,
+    }
+    let bytes = body
+        .into_vec()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    let stored: Stored<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "a reservation is {{\"by\": \"who\", \"note\": \"why\", \"ttl\": \"2h\"}} with note and ttl required: {e}"
+        ))
+    })?;
+    check_reason("note", &stored.note)?;
+    if let Some(by) = &stored.by {
+        names::check_text("field 'by'", by).map_err(ApiError::bad_request)?;
+    }
+    let ttl = ttl_from(stored.ttl).map_err(ApiError::bad_request)?;
+    Ok(Reservation {
+        by: stored.by,
+        note: stored.note,
+        ttl,
+    })
+}
+
 /// The longest reason a force-release may give, in characters.
 const MAX_REASON: usize = 1024;
 
@@ -119,22 +158,28 @@ pub(super) async fn read_release(body: Body) -> Result<Release, ApiError> {
             "a force-release body is {{\"reason\": \"why\", \"by\": \"who\"}} with reason required: {e}"
         ))
     })?;
-    let reason = &release.reason;
-    let blank = |c: char| c <= ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
-    if reason.chars().all(blank) {
-        return Err(ApiError::bad_request(
-            "field 'reason' must say why the lock is force-released".into(),
-        ));
-    }
-    if reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::bad_request(format!(
-            "field 'reason' must be at most {MAX_REASON} characters, without control characters but line breaks"
-        )));
-    }
+    check_reason("reason", &release.reason)?;
     if let Some(by) = &release.by {
         names::check_text("field 'by'", by).map_err(ApiError::bad_request)?;
     }
     Ok(release)
+}
+
+/// Checks a reason (or a note): it says something, in at most [`MAX_REASON`] characters
+/// without control characters but line breaks.
+fn check_reason(field: &str, reason: &str) -> Result<(), ApiError> {
+    let blank = |c: char| c <= ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+    if reason.chars().all(blank) {
+        return Err(ApiError::bad_request(format!(
+            "field '{field}' must say why"
+        )));
+    }
+    if reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::bad_request(format!(
+            "field '{field}' must be at most {MAX_REASON} characters, without control characters but line breaks"
+        )));
+    }
+    Ok(())
 }
 
 /// The lock name and request id of `/lock/{name}/queue/{id}`, if the path is one.

@@ -3,6 +3,7 @@
 mod auth_tls;
 mod cli;
 mod concurrency;
+mod events;
 mod force_release;
 mod history;
 mod in_process;
@@ -10,6 +11,7 @@ mod leases;
 mod locks;
 mod persistence;
 mod queue;
+mod reserve;
 mod retries;
 mod startup;
 
