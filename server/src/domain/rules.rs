@@ -160,6 +160,35 @@ pub struct Holder {
     pub expires_at: Option<SystemTime>,
     /// Who the claims are for, as the latest lock that gave an owner said.
     pub owner: Owner,
+    /// How long the claims are held: until unlocked, or while their build runs.
+    pub hold: Hold,
+}
+
+/// How long a holder's claims last (besides a lease).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hold {
+    /// Until they are unlocked (or their lease ends).
+    #[default]
+    UntilUnlocked,
+    /// Also only while the build in the owner's `build_id` runs: the server asks Concourse
+    /// and releases them once it has finished.
+    Build,
+}
+
+impl Hold {
+    /// The name the API and the storage use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::UntilUnlocked => "until_unlocked",
+            Hold::Build => "build",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Hold> {
+        [Hold::UntilUnlocked, Hold::Build]
+            .into_iter()
+            .find(|h| h.as_str() == name)
+    }
 }
 
 impl Holder {
@@ -171,6 +200,7 @@ impl Holder {
             since: None,
             expires_at: None,
             owner: Owner::new(),
+            hold: Hold::UntilUnlocked,
         }
     }
 }
@@ -224,6 +254,9 @@ impl Holders {
                 if let Some(owner) = &claim.owner {
                     holder.owner.clone_from(owner);
                 }
+                if let Some(hold) = claim.hold {
+                    holder.hold = hold;
+                }
             }
             Err(i) => {
                 // One holder is the common case: room for exactly one, not the four a Vec
@@ -237,6 +270,7 @@ impl Holders {
                         since: Some(now),
                         expires_at: deadline,
                         owner: claim.owner.clone().unwrap_or_default(),
+                        hold: claim.hold.unwrap_or_default(),
                     },
                 );
             }
@@ -322,6 +356,9 @@ pub struct Claim {
     pub reason: Option<String>,
     /// The client's address, for the history.
     pub client: Option<String>,
+    /// How long the claim is held; `None` keeps what the holder had (a new one: until
+    /// unlocked).
+    pub hold: Option<Hold>,
 }
 
 impl Claim {
@@ -366,6 +403,10 @@ pub enum Op {
     /// Release every claim, whoever holds it (an operator freeing a stuck lock); the claim
     /// names who asks.
     ForceRelease,
+    /// The build a holder held its claims for has finished: release every claim of the
+    /// claim's requestor, if it still holds them for the build in the claim's owner
+    /// `build_id`. The claim's reason says how the build ended.
+    BuildFinished,
 }
 
 /// How a request was decided.
@@ -497,7 +538,8 @@ fn decide_afresh(
         | Op::StopWaiting { .. }
         | Op::Abandon { .. }
         | Op::Withdraw
-        | Op::ForceRelease => (Verdict::NotQueued, None),
+        | Op::ForceRelease
+        | Op::BuildFinished => (Verdict::NotQueued, None),
     }
 }
 
@@ -884,6 +926,7 @@ impl<'a> Batch<'a> {
             Op::Abandon { poll } => self.stop_waiting(name, poll, true, now),
             Op::Withdraw => (self.withdraw(name, claim, now), None),
             Op::ForceRelease => (self.force_release(name, claim, now), None),
+            Op::BuildFinished => (self.build_finished(name, claim, now), None),
         };
         self.promote(name, now);
         Decision {
@@ -1107,6 +1150,33 @@ impl<'a> Batch<'a> {
             self.queue_mut(name).granted.clear();
         }
         Verdict::Released
+    }
+
+    /// Releases every claim of the claim's requestor whose hold is its build (the one in the
+    /// claim's owner `build_id`), which has finished.
+    fn build_finished(&mut self, name: &str, claim: &Claim, now: SystemTime) -> Verdict {
+        let lock = self.lock(name);
+        let build = claim.owner.as_ref().and_then(|o| o.get("build_id"));
+        let holds = lock.locked_by.holder(&claim.requestor).is_some_and(|h| {
+            h.hold == Hold::Build && h.owner.get("build_id") == build && build.is_some()
+        });
+        if !holds {
+            return Verdict::NoClaim;
+        }
+        let unlock = Claim {
+            key: lock.key.clone(),
+            requestor: claim.requestor.clone(),
+            reason: claim.reason.clone(),
+            ..Claim::default()
+        };
+        let mut verdict = Verdict::NoClaim;
+        while self.lock(name).locked_by.holder(&claim.requestor).is_some() {
+            verdict = self.change(name, Op::Unlock, &unlock, now);
+            if verdict != Verdict::Released {
+                break;
+            }
+        }
+        verdict
     }
 
     /// Marks the grant made to the claim's request id as collected.

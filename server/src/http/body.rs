@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::answer::ApiError;
-use crate::domain::{Claim, Owner};
+use crate::domain::{Claim, Hold, Owner};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -334,6 +334,8 @@ struct ClaimBody<'a> {
     ttl: Option<TtlValue<'a>>,
     #[serde(default, deserialize_with = "some_owner")]
     owner: Option<Owner>,
+    #[serde(borrow, default, deserialize_with = "some_text")]
+    hold: Option<Cow<'a, str>>,
 }
 
 /// A `ttl` as sent: a duration string or a number of seconds.
@@ -432,6 +434,7 @@ impl<'a> ClaimBody<'a> {
         Ok(Claim {
             ttl: self.ttl.map(ttl_from).transpose()?,
             owner: self.owner.map(owner_from).transpose()?,
+            hold: self.hold.as_deref().map(hold_from).transpose()?,
             ..claim
         })
     }
@@ -535,11 +538,28 @@ fn parse_claim_value(bytes: &[u8]) -> Result<Claim, String> {
             ));
         }
     };
+    let hold = match fields.get("hold") {
+        None => None,
+        Some(Value::String(s)) => Some(hold_from(s)?),
+        Some(other) => {
+            return Err(format!(
+                "field 'hold' must be \"build\" or \"until_unlocked\", not {}",
+                json_type(other)
+            ));
+        }
+    };
     Ok(Claim {
         ttl,
         owner,
+        hold,
         ..claim
     })
+}
+
+/// Reads a `hold`: `build` or `until_unlocked`.
+fn hold_from(name: &str) -> Result<Hold, String> {
+    Hold::parse(name)
+        .ok_or_else(|| format!("field 'hold' ({name:?}) must be \"build\" or \"until_unlocked\""))
 }
 
 /// The request's `Idempotency-Key` header, if it has one: retries of one request share it, so
@@ -617,13 +637,14 @@ mod tests {
         /// claim, or the same error.
         #[test]
         fn the_fast_path_agrees_with_the_slow_one(
-            fields in proptest::collection::vec((0..8usize, 0..13usize), 0..6)
+            fields in proptest::collection::vec((0..9usize, 0..15usize), 0..6)
         ) {
-            let names = ["key", "locked_by", "lock_by", "requestor", "other", "key", "ttl", "owner"];
+            let names = ["key", "locked_by", "lock_by", "requestor", "other", "key", "ttl", "owner", "hold"];
             let values = [
                 json!("k"), json!("r"), json!(""), json!("a\u{0}b"), json!(null), json!(1),
                 json!({"x": "y"}), json!("x".repeat(600)), json!("90s"), json!(-1.5),
                 json!("1h 30m"), json!({"job": "deploy", "build": "42"}), json!({"n": 1}),
+                json!("build"), json!("until_unlocked"),
             ];
             let mut body = String::from("{");
             for (i, (n, v)) in fields.iter().enumerate() {

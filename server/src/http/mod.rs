@@ -17,11 +17,13 @@ use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
 use serde_json::json;
 
 use crate::clock::Clock;
+use crate::concourse::Watch;
+use crate::config::Concourse;
 use crate::domain::{Claim, Op};
 use crate::net::peers::Peers;
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 use answer::{
-    LockJson, QueueJson, decision_response, error_response, json_response, withdrawal_response,
+    LockJson, ReadView, decision_response, error_response, json_response, withdrawal_response,
 };
 use body::{
     history_page, history_path, lock_action, lock_name, queue_path, read_claim, read_release,
@@ -40,6 +42,10 @@ pub(crate) struct Api {
     pub(crate) leases: Leases,
     pub(crate) waiting: Waiting,
     pub(crate) peers: Peers,
+    /// The Concourse whose builds claims may be held for, if the server watches one.
+    pub(crate) concourse: Option<Concourse>,
+    /// What the build watcher learnt, if it runs.
+    pub(crate) watch: Option<Watch>,
 }
 
 /// How long a lock request may wait in a queue, and how long its place outlives it.
@@ -105,6 +111,7 @@ fn list_locks(api: Data<&Arc<Api>>) -> Response {
         .content_type("application/json")
         .body(Body::from_bytes_stream(answer::locks_json_stream(
             snapshot,
+            api.watch.as_ref().map(Watch::seen),
             api.clock.now(),
         )))
 }
@@ -158,11 +165,15 @@ fn show_lock(req: &Request, api: Data<&Arc<Api>>) -> Response {
     match lock_name(req) {
         Ok(name) => {
             let snapshot = api.store.snapshot();
+            let seen = api.watch.as_ref().map(Watch::seen);
             let now = api.clock.now();
             let lock = snapshot.lock(&name).as_of(now);
             json_response(
                 StatusCode::OK,
-                &LockJson(&lock, Some(QueueJson::of(snapshot.queue(&name), now))),
+                &LockJson(
+                    &lock,
+                    Some(ReadView::of(snapshot.queue(&name), seen.as_deref(), now)),
+                ),
             )
         }
         Err(e) => e.into_response(),
@@ -395,9 +406,17 @@ async fn read_request(req: &Request, body: Body, api: &Api, op: Op) -> Result<Cl
         },
         (Err(e), _) | (_, Err(e)) => return Err(e.into_response()),
     };
-    api.leases
+    let claim = api
+        .leases
         .settle(op, claim)
-        .map_err(|message| error_response(StatusCode::BAD_REQUEST, &message))
+        .map_err(|message| error_response(StatusCode::BAD_REQUEST, &message))?;
+    if claim.hold == Some(crate::domain::Hold::Build)
+        && let Some(refused) =
+            crate::concourse::refuse_hold(claim.owner.as_ref(), api.concourse.as_ref())
+    {
+        return Err(error_response(StatusCode::BAD_REQUEST, &refused));
+    }
+    Ok(claim)
 }
 
 /// 503: nothing was decided (the change could not be saved, or the server is stopping).
