@@ -315,12 +315,10 @@ async fn reserve(req: &Request, body: Body, api: &Api, name: String) -> Response
         (Ok(request_id), Ok(reservation)) => (request_id, reservation),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let Some(by) = reservation.by.or_else(|| basic_user(req)) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "field 'by' is required: say who reserves the lock",
-        );
-    };
+    let by = reservation
+        .by
+        .or_else(|| basic_user(req))
+        .unwrap_or_else(|| "anonymous".to_owned());
     let owner = crate::domain::Owner::from([
         ("reserved_by".to_owned(), by.clone()),
         ("note".to_owned(), reservation.note.clone()),
