@@ -64,6 +64,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .at("/locks", get(list_locks))
         .at("/history", get(all_history))
         .at("/events", get(events))
+        .at("/concourse", get(concourse_status))
         .at(
             "/lock/*name",
             get(show_lock)
@@ -114,6 +115,30 @@ fn list_locks(api: Data<&Arc<Api>>) -> Response {
             api.watch.as_ref().map(Watch::seen),
             api.clock.now(),
         )))
+}
+
+/// `GET /concourse`: whether the server watches a Concourse, whether it answers, and what it
+/// last said of each watched build.
+#[handler]
+fn concourse_status(api: Data<&Arc<Api>>) -> Response {
+    let seen = api.watch.as_ref().map(Watch::seen).unwrap_or_default();
+    let mut builds: Vec<_> = seen.builds.iter().collect();
+    builds.sort_by_key(|(id, _)| **id);
+    let builds: Vec<_> = builds
+        .into_iter()
+        .map(|(id, (status, at))| {
+            json!({"id": id, "status": status, "checked_at": locker_protocol::timestamp(*at)})
+        })
+        .collect();
+    let outage = seen
+        .outage
+        .as_ref()
+        .map(|(error, since)| json!({"error": error, "since": locker_protocol::timestamp(*since)}));
+    let url = api.concourse.as_ref().map(|c| c.url.clone());
+    json_response(
+        StatusCode::OK,
+        &json!({"url": url, "outage": outage, "builds": builds}),
+    )
 }
 
 /// How long changes are gathered into one event: a burst of commits makes one refresh.

@@ -358,11 +358,23 @@ fn nothing_is_released_while_concourse_is_down() {
         .matches("cannot learn whether watched builds still run")
         .count();
     assert_eq!(said, 1, "one line per outage:\n{log}");
+    let (_, status) = client.get(&server.url("/concourse"));
+    assert_eq!(status["url"], concourse.url.as_str());
+    assert!(
+        status["outage"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
+        "GET /concourse shows the outage: {status}"
+    );
+    assert_eq!(status["builds"][0]["id"], 5);
     concourse.with(|s| s.down = false);
     eventually("released once Concourse answers", || {
         lock_state(&server, "env")["key"] == ""
     });
     assert!(server.log().contains("Concourse answers again"));
+    let (_, status) = client.get(&server.url("/concourse"));
+    assert_eq!(status["outage"], Value::Null, "{status}");
 }
 
 /// A 500 from Concourse keeps the claim as an unreachable one does.
