@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client on tokio.
+//! - [`http2`]: an HTTP/2 client for many waiting requests over few connections.
 //! - [`load`]: the load generator: concurrent clients, warm-up, measured period, percentiles.
 //! - [`clients`]: what one operation of each scenario is (a health check, a lock cycle, ...).
 //! - [`servers`]: starting and stopping `locker` and `etcd` on loopback.
@@ -13,6 +14,7 @@
 
 pub mod clients;
 pub mod http;
+pub mod http2;
 pub mod load;
 pub mod machine;
 pub mod report;
