@@ -8,6 +8,7 @@
 //! - [`clients`]: what one operation of each scenario is (a health check, a lock cycle, ...).
 //! - [`servers`]: starting and stopping `locker` and `etcd` on loopback.
 //! - [`state`]: state files with many held locks.
+//! - [`order`]: whether a contended lock was granted in arrival order.
 //! - [`scenarios`]: the eight scenarios and their targets.
 //! - [`machine`]: what the numbers were measured on.
 //! - [`report`]: the table and `BENCHMARKS.md`.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod http2;
 pub mod load;
 pub mod machine;
+pub mod order;
 pub mod report;
 pub mod scenarios;
 pub mod servers;
