@@ -1,5 +1,6 @@
 //! Benchmarks of the locker server: how close durable lock cycles come to what HTTP allows,
-//! how they scale with the table, and how they compare with etcd's lock API (issue 5).
+//! how they scale with the table, and how they compare with etcd's lock API (issue 5); and how
+//! the lock queue serves its waiters (issue 12).
 //!
 //! # Layout
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client on tokio.
@@ -9,7 +10,7 @@
 //! - [`servers`]: starting and stopping `locker` and `etcd` on loopback.
 //! - [`state`]: state files with many held locks.
 //! - [`order`]: whether a contended lock was granted in arrival order.
-//! - [`scenarios`]: the eight scenarios and their targets.
+//! - [`scenarios`]: the scenarios and their targets.
 //! - [`machine`]: what the numbers were measured on.
 //! - [`report`]: the table and `BENCHMARKS.md`.
 

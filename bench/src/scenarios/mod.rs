@@ -1,5 +1,7 @@
-//! The nine scenarios of the benchmark, each starting the servers it needs and adding its rows
-//! (and the verdict on its target) to the report.
+//! The scenarios of the benchmark, each starting the servers it needs and adding its rows (and
+//! the verdict on its target) to the report; the queue's (11 to 13) are in [`queue`].
+
+mod queue;
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +23,8 @@ use crate::report::{Report, Row, ms, percent, thousands};
 use crate::servers::{self, Etcd, Locker, LockerOptions};
 use crate::state;
 
+/// The number of the last scenario.
+pub const LAST: u8 = 13;
 /// Concurrent clients in the multi-client scenarios.
 pub const CLIENTS: usize = 64;
 /// Other held locks in the big-table scenario.
@@ -96,7 +100,10 @@ impl Bench {
                 8 => self.resource_processes().await?,
                 9 => self.big_reader().await?,
                 10 => self.leases().await?,
-                _ => bail!("there is no scenario {n} (they are 1 to 10)"),
+                11 => self.hand_over().await?,
+                12 => self.queue_contention().await?,
+                13 => self.waiter_memory().await?,
+                _ => bail!("there is no scenario {n} (they are 1 to {LAST})"),
             }
         }
         Ok(())
