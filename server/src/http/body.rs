@@ -66,6 +66,7 @@ pub(super) const MAX_HISTORY_PAGE: usize = 1000;
 
 /// The `limit` and `before` query parameters of a history read.
 pub(super) fn history_page(req: &Request) -> Result<HistoryPage, ApiError> {
+    only_parameters(req, &["limit", "before"])?;
     let mut page = HistoryPage {
         limit: 100,
         before: None,
@@ -223,6 +224,7 @@ fn queue_place(segment: &str, id: &str) -> Result<(String, String), ApiError> {
 /// The `wait` query parameter of a lock request: how long it may wait in the lock's queue, as
 /// digits and a unit (`ms`, `s`, `m` or `h`; none counts seconds), like `50s` or `2m`.
 pub(super) fn wait_query(req: &Request) -> Result<Option<Duration>, ApiError> {
+    only_parameters(req, &["wait"])?;
     let Some(query) = req.uri().query() else {
         return Ok(None);
     };
@@ -234,6 +236,26 @@ pub(super) fn wait_query(req: &Request) -> Result<Option<Duration>, ApiError> {
             "query parameter 'wait' ({value:?}) is not a duration; write it like 50s, 2m or 500ms"
         ))
     })
+}
+
+/// Refuses query parameters other than `known`, naming them: a misspelt one would otherwise
+/// be ignored without a word.
+fn only_parameters(req: &Request, known: &[&str]) -> Result<(), ApiError> {
+    let query = req.uri().query().unwrap_or_default();
+    let unknown: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .filter(|name| !known.contains(name))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "unknown query parameter(s) {:?} (expected: {})",
+        unknown,
+        known.join(", ")
+    )))
 }
 
 fn parse_wait(value: &str) -> Option<Duration> {
