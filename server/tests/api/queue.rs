@@ -371,6 +371,15 @@ fn a_wait_is_cut_to_the_maximum_and_a_bad_one_refused() {
         answer["error"].as_str().unwrap().contains("'wait'"),
         "{answer}"
     );
+    let (status, answer) = client.put(&server.url("/lock/env?wiat=5s"), &body("b", "rb"));
+    assert_eq!(
+        status, 400,
+        "a misspelt parameter is named, not ignored: {answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("wiat"),
+        "{answer}"
+    );
 }
 
 /// A long-poll over HTTP/1.1 outlives the head timeout (10 s by default is too long for a
