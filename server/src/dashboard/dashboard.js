@@ -25,7 +25,7 @@
   async function api(path, options) {
     let resp;
     try {
-      resp = await fetch(path, {
+      resp = await fetch(absolute(path), {
         cache: "no-store",
         credentials: "same-origin",
         ...options,
@@ -51,6 +51,13 @@
   }
 
   class Unreachable extends Error {}
+
+  /** `path` on this server. A page opened as http://user:pass@host/ has the credentials in
+   * its base URL, and the browser refuses to fetch a URL that carries them; the origin never
+   * does (the browser still sends the credentials it was given). */
+  function absolute(path) {
+    return new URL(path, location.origin).href;
+  }
 
   function lockPath(name) {
     return "/lock/" + encodeURIComponent(name);
@@ -113,7 +120,7 @@
   function listen() {
     if (!window.EventSource || connection.events) return;
     connection.eventsTriedAt = Date.now();
-    const source = new EventSource("/events");
+    const source = new EventSource(absolute("/events"));
     connection.events = source;
     source.addEventListener("change", () => {
       connection.eventsLive = true;
@@ -471,10 +478,11 @@
         ? "No locks yet: a lock appears here once a pipeline or client takes it."
         : "No lock matches the filter.";
     const held = names.filter((n) => isHeld(state.locks[n])).length;
+    const locks = names.length === 1 ? " lock" : " locks";
     $("list-count").textContent =
       shown.length === names.length
-        ? names.length + " locks, " + held + " held"
-        : "Showing " + shown.length + " of " + names.length + " locks (" + held + " held)";
+        ? names.length + locks + ", " + held + " held"
+        : "Showing " + shown.length + " of " + names.length + locks + " (" + held + " held)";
   }
 
   function readFiltersFromUrl() {
