@@ -3,6 +3,7 @@
 mod auth_tls;
 mod cli;
 mod concurrency;
+mod dashboard;
 mod force_release;
 mod history;
 mod in_process;
