@@ -14,6 +14,9 @@ use std::time::Duration;
 use poem::listener::{AcceptorExt, BoxAcceptor};
 
 use crate::clock::{Clock, SystemClock};
+use crate::concourse::Watch;
+use crate::concourse::client::ConcourseClient;
+use crate::config::Concourse;
 use crate::config::Config;
 use crate::http;
 use crate::net::connection::{self, Limited};
@@ -38,6 +41,8 @@ pub enum ServerError {
     Bind { port: u16, source: io::Error },
     #[error("the server stopped: {0}")]
     Serve(io::Error),
+    #[error("{0}")]
+    Concourse(String),
 }
 
 /// Builds an [`Application`], with the seams tests may change.
@@ -87,6 +92,14 @@ impl Builder {
         log_start(&config, &backend, format, scheme, address);
         let (store, writer) =
             LockStore::start(backend, self.clock.clone()).map_err(ServerError::Serve)?;
+        let watcher = config
+            .concourse
+            .clone()
+            .map(|concourse| {
+                ConcourseClient::new(&concourse).map(|client| (client, concourse, Watch::default()))
+            })
+            .transpose()
+            .map_err(ServerError::Concourse)?;
         Ok(Application {
             config,
             acceptor,
@@ -97,6 +110,7 @@ impl Builder {
             writer,
             head_timeout: self.head_timeout,
             peers,
+            watcher,
         })
     }
 }
@@ -113,6 +127,8 @@ pub struct Application {
     clock: Arc<dyn Clock>,
     writer: JoinHandle<()>,
     head_timeout: Duration,
+    /// The build watcher, when the server watches a Concourse.
+    watcher: Option<(ConcourseClient, Concourse, Watch)>,
 }
 
 impl Application {
@@ -149,6 +165,15 @@ impl Application {
             store.stop_waiters();
             drop(store);
         };
+        let watch = self.watcher.as_ref().map(|(_, _, watch)| watch.clone());
+        let watcher = self.watcher.map(|(client, concourse, watch)| {
+            tokio::spawn(crate::concourse::run(
+                self.store.clone(),
+                client,
+                concourse,
+                watch,
+            ))
+        });
         let api = http::Api {
             store: self.store,
             clock: self.clock,
@@ -161,6 +186,8 @@ impl Application {
                 grace: self.config.queue_grace,
             },
             peers: self.peers,
+            concourse: self.config.concourse.clone(),
+            watch,
         };
         let access = http::Access {
             user: self.config.auth.clone(),
@@ -176,6 +203,10 @@ impl Application {
             .idle_timeout(IDLE_TIMEOUT)
             .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
             .await;
+        // The watcher stops with the server (it held a store handle too).
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         // The app held the last store handle: the writer answers what is queued, then stops.
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

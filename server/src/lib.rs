@@ -21,6 +21,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+mod concourse;
 pub mod config;
 mod dashboard;
 pub mod domain;

@@ -4,6 +4,7 @@ mod auth_tls;
 mod cli;
 mod concurrency;
 mod dashboard;
+mod events;
 mod force_release;
 mod history;
 mod in_process;
@@ -11,6 +12,7 @@ mod leases;
 mod locks;
 mod persistence;
 mod queue;
+mod reserve;
 mod retries;
 mod startup;
 
