@@ -394,7 +394,15 @@
         holder.expires_at
           ? ["lease ends ", timeEl(holder.expires_at, "until")]
           : el("span", { class: "muted", text: "no lease" })
-      )
+      ),
+      holder.hold === "build"
+        ? el(
+            "span",
+            { class: "hold" },
+            "held while its build runs",
+            holder.build_status ? " (Concourse last said: " + holder.build_status + ")" : ""
+          )
+        : null
     );
   }
 
@@ -667,7 +675,7 @@
     by.value = rememberedBy();
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      for (const input of [by, note, ttl]) {
+      for (const input of [note, ttl]) {
         if (!input.value.trim()) {
           const label = form.querySelector('label[for="' + input.id + '"]');
           outcome(form, false, label.firstChild.textContent.trim() + " is required.");
@@ -676,11 +684,9 @@
         }
       }
       rememberBy(by.value.trim());
-      const done = await act(form, lockPath(view.name) + "/reserve", {
-        by: by.value.trim(),
-        note: note.value.trim(),
-        ttl: ttl.value.trim(),
-      });
+      const body = { note: note.value.trim(), ttl: ttl.value.trim() };
+      if (by.value.trim()) body.by = by.value.trim();
+      const done = await act(form, lockPath(view.name) + "/reserve", body);
       if (done) note.value = "";
     });
   }

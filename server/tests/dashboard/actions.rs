@@ -4,9 +4,7 @@
 use serde_json::json;
 
 use crate::browser::{Browser, LAPTOP};
-use crate::{
-    USER, build_owner, client, lock_state, page_url, server, server_with, take, take_and_release,
-};
+use crate::{USER, build_owner, lock_state, page_url, server, server_with, take, take_and_release};
 
 /// Force-release asks for a reason and then for a confirmation, frees the lock (nothing is sent
 /// before the confirmation), and the lock's history on its page shows who and why.
@@ -97,12 +95,12 @@ fn a_refused_action_shows_the_servers_message() {
 
 /// Reserve takes a free lock for a person with a note and a ttl: the lock page shows it held,
 /// reserved by that person with the note and a lease, and the history has a `reserve` entry
-/// with the note as its reason; reserving it again is refused with the server's 423.
+/// with the note as its reason; someone else reserving it meanwhile is refused with the
+/// server's 423.
 ///
-/// Needs `POST /lock/{name}/reserve` (issue 13); until the server has it, this test is
-/// ignored. Broken on purpose: see the commit that enables it.
+/// Broken on purpose (tried): with the owner's `reserved_by` not shown, the holder reads only
+/// "alice" and this test fails.
 #[test]
-#[ignore = "needs POST /lock/{name}/reserve, which is not on main yet"]
 fn reserve_takes_a_free_lock_for_a_person_with_a_note() {
     let Some(browser) = Browser::start("reserve", LAPTOP) else {
         return;
@@ -117,7 +115,7 @@ fn reserve_takes_a_free_lock_for_a_person_with_a_note() {
     browser.clear("#reserve-ttl");
     browser.type_into("#reserve-ttl", "2h");
     browser.click("#reserve button[type=submit]");
-    browser.wait_for_text("#reserve .outcome.ok", "alice");
+    browser.wait_for_text("#reserve .outcome.ok", "acquired by 'alice'");
     let holder = browser.wait_for_text("#lock-holders", "reserved by alice");
     assert!(
         holder.contains("profiling the new index") && holder.contains("lease ends"),
@@ -127,11 +125,16 @@ fn reserve_takes_a_free_lock_for_a_person_with_a_note() {
     assert!(entry.contains("profiling the new index"), "{entry}");
     let lock = lock_state(&server, "perf-lab");
     assert_eq!(lock["key"], "reserved-by:alice", "{lock}");
-
-    browser.type_into("#reserve-note", "again");
-    browser.click("#reserve button[type=submit]");
-    browser.wait_for_text("#reserve .outcome.failed", "Refused (423)");
-    let _ = client();
+    let expires = lock["holders"][0]["expires_at"].as_str().expect("a lease");
+    assert!(!expires.is_empty());
     browser.screenshot("reserved");
-    let _ = client;
+
+    browser.clear("#reserve-by");
+    browser.type_into("#reserve-by", "bob");
+    browser.type_into("#reserve-note", "load test");
+    browser.click("#reserve button[type=submit]");
+    browser.wait_for_text(
+        "#reserve .outcome.failed",
+        "Refused (423): Lock for 'perf-lab' is held by 'alice'",
+    );
 }

@@ -103,7 +103,8 @@ fn every_lock_shows_its_holders_build_link_lease_token_and_queue() {
 }
 
 /// A lock taken over the API by another client appears on an open page within about a
-/// second, without a reload, and shows its release the same way.
+/// second, without a reload, and shows its release the same way; the page listens to
+/// `/events` (it says "Live") rather than polling.
 ///
 /// Broken on purpose (tried): with `refresh` called only once at start-up (no events, no
 /// polling), the new lock never appears and this test fails.
@@ -115,6 +116,7 @@ fn a_lock_taken_by_another_client_appears_without_a_reload() {
     let server = server();
     browser.goto(&page_url(&server, "/", USER));
     browser.wait_for_text("#locks-empty", "No locks yet");
+    browser.wait_for_text("#connection", "Live");
     // A reload would forget this.
     browser.run("window.sameDocument = true;", json!([]));
 
