@@ -10,8 +10,8 @@ use crate::{USER, build_owner, page_url, server, take, take_and_release, wait_in
 
 /// Each lock shows its state, key, token, each holder with a link to its build, since when and
 /// until when, and the queue in order; the filters narrow the list. Its screenshot (a held
-/// lock with a build link, one with a queue, free ones) is the README's `docs/dashboard.png`
-/// when `LOCKER_UPDATE_SCREENSHOT=1`.
+/// lock with a build link, one with a queue, a reservation, a free one) is the README's
+/// `docs/dashboard.png` when `LOCKER_UPDATE_SCREENSHOT=1`.
 ///
 /// Broken on purpose (tried): with the owner's build shown as text rather than a link, the
 /// build link is not found and this test fails.
@@ -50,7 +50,11 @@ fn every_lock_shows_its_holders_build_link_lease_token_and_queue() {
         build_owner("shop", "hotfix", 3),
     );
     take_and_release(&server, "docs-preview");
-    take_and_release(&server, "perf-lab");
+    let (status, answer) = crate::client().post(
+        &server.url("/lock/perf-lab/reserve"),
+        r#"{"by": "alice", "note": "profiling the new index", "ttl": "2h"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
 
     browser.goto(&page_url(&server, "/", USER));
     let link = r#"tr[data-lock="staging"] a.owner"#;
@@ -82,6 +86,12 @@ fn every_lock_shows_its_holders_build_link_lease_token_and_queue() {
             .contains("free"),
         "a free lock says so"
     );
+    assert!(
+        browser
+            .text(r#"tr[data-lock="perf-lab"]"#)
+            .contains("reserved by alice: profiling the new index"),
+        "a reservation shows who and why"
+    );
     let shot = browser.screenshot("laptop");
     if std::env::var("LOCKER_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
         let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png");
@@ -93,6 +103,7 @@ fn every_lock_shows_its_holders_build_link_lease_token_and_queue() {
         (!b.is_shown(r#"tr[data-lock="docs-preview"]"#)).then_some(())
     });
     assert!(browser.is_shown(r#"tr[data-lock="prod"]"#));
+    assert!(browser.is_shown(r#"tr[data-lock="perf-lab"]"#));
     browser.click("#filter-held");
     browser.type_into("#filter-name", "STAG");
     browser.wait_for("only staging to match 'STAG'", |b| {
