@@ -229,13 +229,19 @@
     mergeHistory(history.body, state.history.length === 0);
   }
 
-  /** Adds the newest page of history in front of what is shown, keeping older pages loaded. */
+  /** Adds the newest page of history in front of what is shown, keeping older pages loaded;
+   * when more changed than a page holds, starts again from the newest page (no gap shown). */
   function mergeHistory(newest, first) {
     const known = state.history.length ? state.history[0].id : -1;
     const fresh = newest.filter((e) => e.id > known);
-    if (first) state.historyEnd = newest.length < HISTORY_PAGE_SIZE;
-    if (fresh.length === 0 && !first) return;
-    state.history = fresh.concat(state.history);
+    if (first || fresh.length === HISTORY_PAGE_SIZE) {
+      state.history = newest;
+      state.historyEnd = newest.length < HISTORY_PAGE_SIZE;
+    } else if (fresh.length > 0) {
+      state.history = fresh.concat(state.history);
+    } else {
+      return;
+    }
     drawHistory();
   }
 

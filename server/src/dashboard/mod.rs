@@ -39,7 +39,10 @@ pub(crate) fn file(req: &Request) -> poem::Result<Response> {
     match path {
         "dashboard.js" => Ok(asset(SCRIPT, "text/javascript; charset=utf-8")),
         "dashboard.css" => Ok(asset(STYLE, "text/css; charset=utf-8")),
-        _ if path.strip_prefix("lock/").is_some_and(|name| !name.is_empty()) => {
+        _ if path
+            .strip_prefix("lock/")
+            .is_some_and(|name| !name.is_empty()) =>
+        {
             Ok(asset(PAGE, "text/html; charset=utf-8"))
         }
         _ => Err(poem::error::NotFoundError.into()),

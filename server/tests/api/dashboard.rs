@@ -71,7 +71,10 @@ fn the_dashboard_needs_the_apis_credentials_and_serves_its_own_files() {
         assert_eq!(header("x-frame-options"), "DENY", "{path}");
     }
     let page = get(&server.url("/"), auth);
-    assert!(page.body().contains(r#"<script src="/dashboard/dashboard.js""#));
+    assert!(
+        page.body()
+            .contains(r#"<script src="/dashboard/dashboard.js""#)
+    );
     for path in ["/dashboard/", "/dashboard/lock/", "/dashboard/nothing.js"] {
         let missing = get(&server.url(path), auth);
         assert_eq!(missing.status(), 404, "{path}");
@@ -117,6 +120,9 @@ fn a_browsers_change_without_the_dashboards_header_is_refused() {
     let (status, answer) = dashboard.post(&server.url("/lock/prod/force-release"), release);
     assert_eq!(status, 200, "{answer}");
     let (status, answer) = client.put(&server.url("/lock/prod"), &body("k2", "deploy"));
-    assert_eq!(status, 200, "clients that are not browsers send no Origin: {answer}");
+    assert_eq!(
+        status, 200,
+        "clients that are not browsers send no Origin: {answer}"
+    );
     assert_eq!(answer["lock"]["holders"][0]["requestor"], json!("deploy"));
 }

@@ -54,7 +54,10 @@ fn force_release_with_a_reason_frees_the_lock_and_its_history_shows_why() {
     browser.wait_for_text("#lock-summary", "free");
     let entry = browser.wait_for_text("#history-body tr.op-force-release", "force-release");
     for shown in ["alice", "worker died mid-deploy", "deploy-41"] {
-        assert!(entry.contains(shown), "the history entry lacks {shown:?}: {entry}");
+        assert!(
+            entry.contains(shown),
+            "the history entry lacks {shown:?}: {entry}"
+        );
     }
     assert_eq!(lock_state(&server, "staging")["holders"], json!([]));
     browser.screenshot("released");

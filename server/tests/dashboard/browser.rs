@@ -46,7 +46,10 @@ impl Browser {
     /// when Chromium or chromedriver is missing and `LOCKER_SKIP_BROWSER_TESTS=1` allows it.
     pub fn start(test: &str, size: (u32, u32)) -> Option<Browser> {
         let (chromium, chromedriver) = match (
-            find("LOCKER_CHROMIUM", &["chromium", "chromium-browser", "google-chrome"]),
+            find(
+                "LOCKER_CHROMIUM",
+                &["chromium", "chromium-browser", "google-chrome"],
+            ),
             find("LOCKER_CHROMEDRIVER", &["chromedriver"]),
         ) {
             (Some(chromium), Some(chromedriver)) => (chromium, chromedriver),
@@ -217,7 +220,10 @@ impl Browser {
         self.on_element(css, method, command, body)
             .unwrap_or_else(|| {
                 let page = self.page_text();
-                panic!("{}: nothing on the page matches {css}; it reads:\n{page}", self.test)
+                panic!(
+                    "{}: nothing on the page matches {css}; it reads:\n{page}",
+                    self.test
+                )
             })
     }
 

@@ -26,7 +26,10 @@ fn the_page_says_when_the_server_cannot_be_reached_and_recovers() {
     );
     browser.goto(&page_url(&server, "/", USER));
     browser.wait_for_text(r#"tr[data-lock="staging"]"#, "held");
-    assert!(!browser.is_shown("#banner"), "no banner while the server answers");
+    assert!(
+        !browser.is_shown("#banner"),
+        "no banner while the server answers"
+    );
     browser.run("window.sameDocument = true;", json!([]));
 
     server.stop();

@@ -3,7 +3,9 @@
 use serde_json::json;
 
 use crate::browser::{Browser, ENTER, LAPTOP, PHONE, TAB};
-use crate::{USER, build_owner, lock_state, page_url, server, take, take_and_release, wait_in_queue};
+use crate::{
+    USER, build_owner, lock_state, page_url, server, take, take_and_release, wait_in_queue,
+};
 
 /// Whether the page is wider than the phone's screen (and so scrolls sideways, or is shown
 /// zoomed out).
@@ -49,7 +51,11 @@ fn on_a_phone_width_screen_each_lock_is_a_card_without_sideways_scrolling() {
     let row = r#"tr[data-lock="staging-eu-west-1-database-migrations"]"#;
     browser.wait_for_text(row, "main/shop/deploy-staging #41");
     assert!(browser.is_shown(&format!("{row} a.owner")));
-    assert!(browser.text(&format!("{row} ol.queue")).contains("shop/hotfix"));
+    assert!(
+        browser
+            .text(&format!("{row} ol.queue"))
+            .contains("shop/hotfix")
+    );
     assert!(
         !scrolls_sideways(&browser),
         "the list scrolls sideways on a phone"
@@ -138,7 +144,11 @@ fn the_keyboard_alone_filters_opens_a_lock_and_force_releases_it() {
     browser.press("bob");
     browser.press(ENTER);
     browser.wait_for_text("#force-release .confirm", "stuck since the outage");
-    assert_eq!(focused(&browser), "confirm", "the confirmation takes the focus");
+    assert_eq!(
+        focused(&browser),
+        "confirm",
+        "the confirmation takes the focus"
+    );
     assert!(outlined(&browser), "the confirmation's button is outlined");
     browser.screenshot("confirm");
     browser.press(ENTER);

@@ -72,12 +72,19 @@ fn every_lock_shows_its_holders_build_link_lease_token_and_queue() {
         "lease ends",
         &staging["token"].to_string(),
     ] {
-        assert!(row.contains(shown), "the staging row lacks {shown:?}: {row}");
+        assert!(
+            row.contains(shown),
+            "the staging row lacks {shown:?}: {row}"
+        );
     }
     let queue = browser.text(r#"tr[data-lock="prod"] ol.queue"#);
     let (next, then) = (
-        queue.find("shop/deploy-prod-8").expect("the first waiter is shown"),
-        queue.find("shop/hotfix").expect("the second waiter is shown"),
+        queue
+            .find("shop/deploy-prod-8")
+            .expect("the first waiter is shown"),
+        queue
+            .find("shop/hotfix")
+            .expect("the second waiter is shown"),
     );
     assert!(next < then, "the queue is shown in order: {queue}");
     assert!(

@@ -29,11 +29,7 @@ pub fn server() -> Locker {
 }
 
 pub fn server_with(options: Options) -> Locker {
-    Locker::start_with(
-        options
-            .env("AUTH_USER", USER.0)
-            .env("AUTH_PASS", USER.1),
-    )
+    Locker::start_with(options.env("AUTH_USER", USER.0).env("AUTH_PASS", USER.1))
 }
 
 /// An API client with [`USER`]'s credentials.
@@ -67,10 +63,7 @@ pub fn build_owner(pipeline: &str, job: &str, build: u32) -> Value {
 /// Takes `lock` for `requestor` with `key` over the API; the answer's LOCK.
 pub fn take(server: &Locker, lock: &str, key: &str, requestor: &str, owner: Value) -> Value {
     let body = json!({"key": key, "locked_by": requestor, "ttl": "30m", "owner": owner});
-    let (status, answer) = client().put(
-        &server.url(&format!("/lock/{lock}")),
-        &body.to_string(),
-    );
+    let (status, answer) = client().put(&server.url(&format!("/lock/{lock}")), &body.to_string());
     assert_eq!(status, 200, "taking {lock}: {answer}");
     answer["lock"].clone()
 }
