@@ -13,6 +13,7 @@
 mod actions;
 mod browser;
 mod connection;
+mod history;
 mod layout;
 mod locks;
 
