@@ -60,11 +60,16 @@ impl Browser {
                     "chromedriver"
                 };
                 if std::env::var(SKIP_VAR).is_ok_and(|v| v == "1") {
-                    eprintln!("SKIPPED {test}: {missing} is not installed ({SKIP_VAR}=1)");
+                    // Past the test harness's capture, so that a skip is seen in every run.
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "SKIPPED {test}: {missing} was not found ({SKIP_VAR}=1)"
+                    );
                     return None;
                 }
                 panic!(
-                    "{test}: {missing} is not installed; install Debian's chromium and \
+                    "{test}: {missing} was not found; install Debian's chromium and \
                      chromium-driver (apt-get install chromium chromium-driver), name the \
                      binaries in LOCKER_CHROMIUM and LOCKER_CHROMEDRIVER, or set {SKIP_VAR}=1 \
                      to skip the browser tests"
@@ -356,10 +361,10 @@ impl Drop for Browser {
 pub const TAB: &str = "\u{E004}";
 pub const ENTER: &str = "\u{E007}";
 
-/// The binary that `var` names, or the first of `names` on the `PATH`.
+/// The binary that `var` names, or the first of `names` on the `PATH`, if it is there.
 fn find(var: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var) {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| is_executable(path));
     }
     let path = std::env::var_os("PATH")?;
     names.iter().find_map(|name| {
