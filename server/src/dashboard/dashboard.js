@@ -304,20 +304,20 @@
       : el("span", { class: "badge free", text: "free" });
   }
 
-  /** Times: the clock time (the date too when not today), and how long ago or until. */
+  /** A time of day, to the second. */
   function clock(date) {
     return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   }
 
+  /** When `iso` is: the time of day, with the date when it is not today. */
   function when(iso) {
     const date = new Date(iso);
     const today = new Date().toDateString() === date.toDateString();
-    const text = today
+    return today
       ? clock(date)
       : date.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" }) +
-        " " +
-        date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    return text;
+          " " +
+          date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
   function timeEl(iso, relative) {

@@ -6,7 +6,9 @@
 //! `/lock/{name}/history`) with the browser's credentials, and fetches it again when `/events`
 //! says the lock table changed (polling every second where that stream is missing). The HTML,
 //! CSS and JavaScript are embedded in the binary: no CDN, no build step, nothing to deploy
-//! beside it. Authentication is the API's, from the middleware every path goes through.
+//! beside it. Authentication is the API's, from the middleware every path goes through; the
+//! page's changes carry the `X-Locker-Client` header, without which the API refuses a
+//! browser's change (see `http::middleware::refuse_cross_site`).
 
 use poem::http::{StatusCode, header};
 use poem::{Request, Response, handler};
@@ -17,7 +19,7 @@ const SCRIPT: &str = include_str!("dashboard.js");
 const STYLE: &str = include_str!("dashboard.css");
 
 /// Where the dashboard's own paths begin: its script, its style, and `lock/{name}`.
-pub(crate) const PREFIX: &str = "/dashboard/";
+const PREFIX: &str = "/dashboard/";
 
 /// What the page may load and send: only this server's own script, style and API. Nothing
 /// inline, so data that slips into the markup still cannot run; no framing, so no other site
