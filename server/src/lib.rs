@@ -28,6 +28,7 @@ pub mod domain;
 pub mod healthcheck;
 mod http;
 mod net;
+mod pem;
 mod store;
 
 pub use http::OPENAPI;

@@ -141,9 +141,9 @@ impl Api {
         }
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(path) = &server.ca_cert {
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(ca_certificates(
-                path,
-            )?)));
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(
+                crate::pem::ca_certificates(path, "--ca-cert").map_err(Failure::Usage)?,
+            )));
         }
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -397,33 +397,6 @@ fn lacks_endpoint(reply: &Reply) -> bool {
         400 => reply.message().contains("contains '/'"),
         _ => false,
     }
-}
-
-/// The CA certificates of a PEM file.
-fn ca_certificates(
-    path: &std::path::Path,
-) -> Result<Vec<ureq::tls::Certificate<'static>>, Failure> {
-    let shown = path.display();
-    let pem = std::fs::read(path)
-        .map_err(|e| Failure::Usage(format!("cannot read --ca-cert {shown}: {e}")))?;
-    let mut certificates = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(certificate)) => certificates.push(certificate),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Failure::Usage(format!(
-                    "--ca-cert {shown} is not a PEM file of certificates: {e}"
-                )));
-            }
-        }
-    }
-    if certificates.is_empty() {
-        return Err(Failure::Usage(format!(
-            "--ca-cert {shown} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
-        )));
-    }
-    Ok(certificates)
 }
 
 /// The `Authorization` header of the credentials in the environment, if any.

@@ -78,9 +78,8 @@ impl ConcourseClient {
     pub fn new(config: &Concourse) -> Result<ConcourseClient, String> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(path) = &config.ca_cert {
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(ca_certificates(
-                path,
-            )?)));
+            let certificates = crate::pem::ca_certificates(path, "CONCOURSE_CA_CERT")?;
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certificates)));
         }
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -216,29 +215,4 @@ fn read_json<T: serde::de::DeserializeOwned>(
         .read_to_string()
         .map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
-}
-
-/// The CA certificates of a PEM file.
-fn ca_certificates(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
-    let shown = path.display();
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read CONCOURSE_CA_CERT {shown}: {e}"))?;
-    let mut certificates = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(certificate)) => certificates.push(certificate),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(format!(
-                    "CONCOURSE_CA_CERT {shown} is not a PEM file of certificates: {e}"
-                ));
-            }
-        }
-    }
-    if certificates.is_empty() {
-        return Err(format!(
-            "CONCOURSE_CA_CERT {shown} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
-        ));
-    }
-    Ok(certificates)
 }

@@ -25,10 +25,10 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The lock name from the raw (still percent-encoded) path.
 pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
-    if segment.ends_with("/renew") {
+    if let Some(action) = ACTIONS.iter().find(|a| segment.ends_with(&format!("/{a}"))) {
         return Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
-            "a renewal is POST /lock/NAME/renew".into(),
+            format!("this is POST /lock/NAME/{action}"),
         ));
     }
     if segment.contains("/queue/") {
@@ -58,6 +58,9 @@ pub(super) struct HistoryPage {
     pub(super) before: Option<u64>,
 }
 
+/// The largest id `before` may name: the largest integer JSON clients read exactly.
+const MAX_ENTRY_ID: u64 = (1 << 53) - 1;
+
 /// The most entries one history page holds.
 pub(super) const MAX_HISTORY_PAGE: usize = 1000;
 
@@ -79,11 +82,17 @@ pub(super) fn history_page(req: &Request) -> Result<HistoryPage, ApiError> {
                     ))
                 })?;
         } else if let Some(value) = pair.strip_prefix("before=") {
-            page.before = Some(value.parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "query parameter 'before' ({value:?}) must be an entry id"
-                ))
-            })?);
+            page.before = Some(
+                value
+                    .parse()
+                    .ok()
+                    .filter(|id| *id <= MAX_ENTRY_ID)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "query parameter 'before' ({value:?}) must be an entry id (0 to {MAX_ENTRY_ID})"
+                        ))
+                    })?,
+            );
         }
     }
     Ok(page)
@@ -101,8 +110,13 @@ fn queue_method() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub(super) struct Release {
     pub(super) reason: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_string")]
     pub(super) by: Option<String>,
+}
+
+/// A field that may be absent but not `null`.
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// The body of a reservation: who, why, and for how long (all but `by` required).
@@ -117,7 +131,7 @@ pub(super) async fn read_reservation(body: Body) -> Result<Reservation, ApiError
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Stored<'a> {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "some_string")]
         by: Option<String>,
         note: String,
         #[serde(borrow)]
@@ -236,6 +250,9 @@ fn parse_wait(value: &str) -> Option<Duration> {
         _ => None,
     }
 }
+
+/// The actions of `POST /lock/{name}/{action}`.
+pub(super) const ACTIONS: [&str; 3] = ["renew", "force-release", "reserve"];
 
 /// The lock name and action of `POST /lock/{name}/{action}`.
 pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {

@@ -66,6 +66,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .at("/locks", get(list_locks))
         .at("/history", get(all_history))
         .at("/events", get(events))
+        .at("/concourse", get(concourse_status))
         .at(
             "/lock/*name",
             get(show_lock)
@@ -117,6 +118,30 @@ fn list_locks(api: Data<&Arc<Api>>) -> Response {
             api.watch.as_ref().map(Watch::seen),
             api.clock.now(),
         )))
+}
+
+/// `GET /concourse`: whether the server watches a Concourse, whether it answers, and what it
+/// last said of each watched build.
+#[handler]
+fn concourse_status(api: Data<&Arc<Api>>) -> Response {
+    let seen = api.watch.as_ref().map(Watch::seen).unwrap_or_default();
+    let mut builds: Vec<_> = seen.builds.iter().collect();
+    builds.sort_by_key(|(id, _)| **id);
+    let builds: Vec<_> = builds
+        .into_iter()
+        .map(|(id, (status, at))| {
+            json!({"id": id, "status": status, "checked_at": locker_protocol::timestamp(*at)})
+        })
+        .collect();
+    let outage = seen
+        .outage
+        .as_ref()
+        .map(|(error, since)| json!({"error": error, "since": locker_protocol::timestamp(*since)}));
+    let url = api.concourse.as_ref().map(|c| c.url.clone());
+    json_response(
+        StatusCode::OK,
+        &json!({"url": url, "outage": outage, "builds": builds}),
+    )
 }
 
 /// How long changes are gathered into one event: a burst of commits makes one refresh.
@@ -318,12 +343,10 @@ async fn reserve(req: &Request, body: Body, api: &Api, name: String) -> Response
         (Ok(request_id), Ok(reservation)) => (request_id, reservation),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let Some(by) = reservation.by.or_else(|| basic_user(req)) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "field 'by' is required: say who reserves the lock",
-        );
-    };
+    let by = reservation
+        .by
+        .or_else(|| basic_user(req))
+        .unwrap_or_else(|| "anonymous".to_owned());
     let owner = crate::domain::Owner::from([
         ("reserved_by".to_owned(), by.clone()),
         ("note".to_owned(), reservation.note.clone()),

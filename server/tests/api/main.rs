@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `locker` binary and talks HTTP to it.
 
 mod auth_tls;
+mod build_watch;
 mod cli;
 mod concurrency;
 mod dashboard;

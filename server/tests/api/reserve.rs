@@ -58,7 +58,7 @@ fn a_reservation_needs_a_free_lock_a_note_and_a_ttl() {
         (r#"{"by": "alice", "note": "n"}"#, "ttl"),
         (r#"{"by": "alice", "note": " ", "ttl": "1h"}"#, "note"),
         (r#"{"by": "alice", "note": "n", "ttl": "soon"}"#, "ttl"),
-        (r#"{"note": "n", "ttl": "1h"}"#, "by"),
+        (r#"{"by": null, "note": "n", "ttl": "1h"}"#, "by"),
         (
             r#"{"by": "alice", "note": "n", "ttl": "400d"}"#,
             "LOCKER_MAX_TTL",
