@@ -1,8 +1,9 @@
 //! The simulated clients, one per kind of workload: what one operation of each scenario is.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -10,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::http::{Connection, request};
 use crate::load::Client;
+use crate::order::Grant;
 
 /// The JSON body of a lock or unlock request.
 fn claim(key: &str, requestor: &str) -> String {
@@ -131,46 +133,122 @@ impl Client for FreshConnectionCycle {
     }
 }
 
-/// Fights the other clients for one shared lock with its own key: retries `PUT` at once on
-/// 423 until granted, then unlocks. One operation is one grant.
+/// How a contender asks again when the lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asking {
+    /// A plain `PUT`, repeated at once on 423.
+    AtOnce,
+    /// `PUT ?wait=60s` (the server's default `LOCKER_MAX_WAIT`): waits in the lock's queue,
+    /// and asks again only if the wait runs out (423).
+    LongPoll,
+}
+
+/// How long a long-polling contender asks to wait.
+pub const LONG_POLL: &str = "60s";
+
+/// What the contenders of one run saw, shared among them.
+#[derive(Debug, Default)]
+pub struct ContentionLog {
+    /// 423 answers.
+    pub refusals: AtomicU64,
+    /// Every grant, when kept.
+    grants: Option<Mutex<Vec<Grant>>>,
+}
+
+impl ContentionLog {
+    /// A log that also keeps every grant (reading its token from the answer).
+    pub fn keeping_grants() -> ContentionLog {
+        ContentionLog {
+            refusals: AtomicU64::new(0),
+            grants: Some(Mutex::new(Vec::with_capacity(64 * 1024))),
+        }
+    }
+
+    /// The grants kept so far, in no particular order.
+    pub fn grants(&self) -> Vec<Grant> {
+        self.grants
+            .as_ref()
+            .map(|g| {
+                g.lock()
+                    .expect("no contender panics holding the log")
+                    .clone()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Fights the other clients for one shared lock with its own key: asks until granted (at once
+/// again on 423, or waiting in the queue), then unlocks. One operation is one grant.
 pub struct Contender {
+    client: usize,
     conn: Connection,
     lock: Vec<u8>,
     unlock: Vec<u8>,
-    /// 423 answers, summed over all contenders.
-    refusals: Arc<AtomicU64>,
+    log: Arc<ContentionLog>,
 }
 
 impl Contender {
+    /// Client `i` with key `key-i` and requestor `client-i`, on the lock `contended`.
     pub async fn connect(
         addr: SocketAddr,
         i: usize,
-        refusals: Arc<AtomicU64>,
+        asking: Asking,
+        log: Arc<ContentionLog>,
     ) -> anyhow::Result<Contender> {
         let body = claim(&format!("key-{i}"), &format!("client-{i}"));
+        let path = match asking {
+            Asking::AtOnce => "/lock/contended".to_string(),
+            Asking::LongPoll => format!("/lock/contended?wait={LONG_POLL}"),
+        };
         Ok(Contender {
+            client: i,
             conn: Connection::connect(addr).await?,
-            lock: request("PUT", "/lock/contended", Some(&body), false),
+            lock: request("PUT", &path, Some(&body), false),
             unlock: request("DELETE", "/lock/contended", Some(&body), false),
-            refusals,
+            log,
         })
     }
 }
 
 impl Client for Contender {
     async fn run_once(&mut self) -> anyhow::Result<()> {
+        let asked = Instant::now();
         loop {
             match self.conn.send(&self.lock).await? {
                 200 => break,
                 423 => {
-                    self.refusals.fetch_add(1, Ordering::Relaxed);
+                    self.log.refusals.fetch_add(1, Ordering::Relaxed);
                 }
                 other => expect(other, 200, "PUT", &self.conn)?,
             }
         }
+        if let Some(grants) = &self.log.grants {
+            let granted = Instant::now();
+            let token = token_of(self.conn.body())?;
+            grants
+                .lock()
+                .expect("no contender panics holding the log")
+                .push(Grant {
+                    client: self.client,
+                    token,
+                    asked,
+                    granted,
+                });
+        }
         let status = self.conn.send(&self.unlock).await?;
         expect(status, 200, "DELETE", &self.conn)
     }
+}
+
+/// The fencing token of the lock in a lock answer (`{"response": ..., "lock": LOCK}`).
+pub fn token_of(body: &[u8]) -> anyhow::Result<u64> {
+    let answer: serde_json::Value = serde_json::from_slice(body)?;
+    answer["lock"]["token"].as_u64().with_context(|| {
+        format!(
+            "a grant's answer has no lock.token: {}",
+            String::from_utf8_lossy(body)
+        )
+    })
 }
 
 /// Locks and unlocks its own lock in etcd through the gRPC gateway's lock API, holding a

@@ -46,12 +46,7 @@ impl Outcome {
 
     /// The latency below which `p` percent of operations finished (nearest rank).
     pub fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
-        let index = rank.clamp(1, self.latencies.len()) - 1;
-        Duration::from_nanos(self.latencies[index])
+        percentile(&self.latencies, p)
     }
 
     pub fn max(&self) -> Duration {
@@ -69,6 +64,17 @@ impl Outcome {
         }
         sum * sum / (n * squares)
     }
+}
+
+/// The latency below which `p` percent of the sorted latencies `sorted` (ns) lie (nearest
+/// rank); zero if there are none.
+pub fn percentile(sorted: &[u64], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, sorted.len()) - 1;
+    Duration::from_nanos(sorted[index])
 }
 
 /// Runs `n` clients made by `make` (given each client's index) for the warm-up and the

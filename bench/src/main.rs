@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use locker_bench::load::Period;
 use locker_bench::machine::{self, Machine};
-use locker_bench::scenarios::{Bench, Settings};
+use locker_bench::scenarios::{Bench, LAST, Settings};
 
 const USAGE: &str = "\
 usage: locker-bench <command> [options]
 
 commands:
-  all          run every scenario (1-10) and write BENCHMARKS.md
+  all          run every scenario (1-13) and write BENCHMARKS.md
   smoke        a 5-second run of scenario 2 that checks the benchmark still works
-  N [N ...]    run only the scenarios numbered N (1-8) and print their table
+  N [N ...]    run only the scenarios numbered N (1-13) and print their table
 
 options:
   --out PATH        where `all` writes its report (default: BENCHMARKS.md at the workspace root)
@@ -66,7 +66,7 @@ fn run() -> anyhow::Result<()> {
             "--data-dir" => data_dir = PathBuf::from(value("--data-dir")?),
             "--log-level" => log_level = value("--log-level")?,
             n => match n.parse::<u8>() {
-                Ok(n) if (1..=10).contains(&n) => only.push(n),
+                Ok(n) if (1..=LAST).contains(&n) => only.push(n),
                 _ => bail!("unexpected argument {n:?}; see locker-bench --help"),
             },
         }
@@ -105,7 +105,7 @@ fn run() -> anyhow::Result<()> {
     let mut bench = Bench::new(settings)?;
     match &mode {
         Mode::Smoke => runtime.block_on(bench.smoke())?,
-        Mode::All => runtime.block_on(bench.run(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))?,
+        Mode::All => runtime.block_on(bench.run(&(1..=LAST).collect::<Vec<_>>()))?,
         Mode::Only(which) => runtime.block_on(bench.run(which))?,
     }
     let took = began.elapsed();

@@ -29,6 +29,9 @@ use crate::store::file::{FileBackend, Format, OpenError};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a keep-alive connection may sit idle before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most requests one HTTP/2 connection may have open at once (hyper's default; poem would
+/// otherwise lift the limit), so that the connection cap also bounds the waiting requests.
+const MAX_STREAMS: u32 = 200;
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +204,7 @@ impl Application {
         );
         let served = poem::Server::new_with_acceptor(acceptor)
             .idle_timeout(IDLE_TIMEOUT)
+            .http2_max_concurrent_streams(Some(MAX_STREAMS))
             .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
             .await;
         // The watcher stops with the server (it held a store handle too).

@@ -1215,6 +1215,10 @@ impl<'a> Batch<'a> {
         let revision = self.revision;
         let mut next = self.lock(name).clone();
         let queue = self.queue_mut(name);
+        // The lock is free: the grants of earlier tenures have nothing left to release or to
+        // be collected (a retry of one is decided by the lock's own memory), so they go; kept,
+        // a busy queue would drag a grace's worth of them through every change.
+        queue.granted.clear();
         let key = queue.waiting[0].key.clone();
         let mut answered = Vec::new();
         let mut granted = Vec::new();

@@ -1,5 +1,7 @@
-//! The nine scenarios of the benchmark, each starting the servers it needs and adding its rows
-//! (and the verdict on its target) to the report.
+//! The scenarios of the benchmark, each starting the servers it needs and adding its rows (and
+//! the verdict on its target) to the report; the queue's (11 to 13) are in [`queue`].
+
+mod queue;
 
 use std::fs;
 use std::io::Write;
@@ -12,13 +14,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
-use crate::clients::{Contender, EtcdLockCycle, FreshConnectionCycle, Health, OwnLockCycle};
+use crate::clients::{
+    Asking, Contender, ContentionLog, EtcdLockCycle, FreshConnectionCycle, Health, OwnLockCycle,
+};
 use crate::http::{Connection, request};
 use crate::load::{self, Client, Outcome, Period};
 use crate::report::{Report, Row, ms, percent, thousands};
 use crate::servers::{self, Etcd, Locker, LockerOptions};
 use crate::state;
 
+/// The number of the last scenario.
+pub const LAST: u8 = 13;
 /// Concurrent clients in the multi-client scenarios.
 pub const CLIENTS: usize = 64;
 /// Other held locks in the big-table scenario.
@@ -94,7 +100,10 @@ impl Bench {
                 8 => self.resource_processes().await?,
                 9 => self.big_reader().await?,
                 10 => self.leases().await?,
-                _ => bail!("there is no scenario {n} (they are 1 to 10)"),
+                11 => self.hand_over().await?,
+                12 => self.queue_contention().await?,
+                13 => self.waiter_memory().await?,
+                _ => bail!("there is no scenario {n} (they are 1 to {LAST})"),
             }
         }
         Ok(())
@@ -489,11 +498,11 @@ impl Bench {
     async fn contention(&mut self) -> anyhow::Result<()> {
         let running = self.locker(None, &self.settings.log_level.clone()).await?;
         let addr = running.server.addr;
-        let refusals = Arc::new(AtomicU64::new(0));
+        let log = Arc::new(ContentionLog::default());
         let (outcome, cpu) = self.measure_on(
             &running.server,
             "4",
-            |i| Contender::connect(addr, i, refusals.clone()),
+            |i| Contender::connect(addr, i, Asking::AtOnce, log.clone()),
             CLIENTS,
         )?;
         let mut row = Row::measured("4", "Contention: 64 keys, 1 lock", &outcome, "grants/s");
@@ -501,7 +510,7 @@ impl Bench {
         let max = outcome.per_client.iter().max().copied().unwrap_or(0);
         // Refusals are counted during warm-up and measurement alike: divide by both.
         let total = self.settings.period.warm_up + self.settings.period.measured;
-        let refused = refusals.load(Ordering::Relaxed) as f64 / total.as_secs_f64();
+        let refused = log.refusals.load(Ordering::Relaxed) as f64 / total.as_secs_f64();
         row.comparison = format!(
             "grants per client {min}–{max}, Jain fairness {:.2}; {} refusals (423)/s; latency is lock-wait + cycle; server CPU {} µs/request",
             outcome.fairness(),
