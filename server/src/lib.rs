@@ -7,6 +7,8 @@
 //!   group-commits and expires leases, and the published snapshots; `store::file` is the state
 //!   file and its journal.
 //! - `http`: the HTTP API (poem), wire-compatible with the original server; it owns its JSON.
+//! - `dashboard`: the operators' page at `/` (HTML, CSS and JavaScript embedded in the binary),
+//!   which reads and changes locks through the API like any other client.
 //! - `net`: listening, TLS, and limits on slow clients and on connections.
 //! - [`app`]: builds the server from a configuration and a port, then serves it.
 //! - [`config`]: configuration from the environment.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod clock;
 mod concourse;
 pub mod config;
+mod dashboard;
 pub mod domain;
 pub mod healthcheck;
 mod http;

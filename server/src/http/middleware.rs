@@ -1,10 +1,11 @@
 //! What every request goes through before its handler: the access log, the `Allow` header of
-//! a 405, reading the body in full, and basic authentication.
+//! a 405, reading the body in full, refusing changes other web sites send, and basic
+//! authentication.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use poem::http::{StatusCode, header};
+use poem::http::{Method, StatusCode, header};
 use poem::web::headers::authorization::Basic;
 use poem::web::headers::{Authorization, HeaderMapExt};
 use poem::{Endpoint, Request, Response};
@@ -68,6 +69,34 @@ pub(super) async fn read_body_first<E: Endpoint<Output = Response>>(
         Ok(()) => ep.call(req).await,
         Err(e) => Ok(e.into_response()),
     }
+}
+
+/// The header the dashboard sends with its requests.
+pub(crate) const CLIENT_HEADER: &str = "x-locker-client";
+
+/// Refuses a change (any method but GET and HEAD) that a browser sends without
+/// [`CLIENT_HEADER`], with 403.
+///
+/// A browser that has logged in to the dashboard sends its basic-auth credentials with every
+/// request to this server, also with a form another web site makes it post here (the body is
+/// read as JSON whatever its content type, so a form can spell a force-release). Browsers mark
+/// their requests with `Origin`; a page of another site cannot add a header of its own without
+/// the server's consent (a CORS preflight, which this server never grants), but the dashboard
+/// can. Clients that are not browsers send no `Origin` and are not affected.
+pub(super) async fn refuse_cross_site<E: Endpoint<Output = Response>>(
+    ep: Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    let reads = req.method() == Method::GET || req.method() == Method::HEAD;
+    let from_a_page = req.headers().contains_key(header::ORIGIN);
+    if !reads && from_a_page && !req.headers().contains_key(CLIENT_HEADER) {
+        return Ok(error_response(
+            StatusCode::FORBIDDEN,
+            "a browser's request to change a lock must come from this server's dashboard \
+             (it sends the X-Locker-Client header); requests from other web pages are refused",
+        ));
+    }
+    ep.call(req).await
 }
 
 /// Who may do what: the API's credentials, and the operators' (for force-release), if set.

@@ -59,6 +59,8 @@ pub(crate) struct Waiting {
 pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> {
     let access = Arc::new(access);
     Route::new()
+        .at("/", get(crate::dashboard::index))
+        .at("/dashboard/*path", get(crate::dashboard::file))
         .at("/healthz", get(healthz))
         .at("/openapi.yaml", get(openapi))
         .at("/locks", get(list_locks))
@@ -85,6 +87,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
             error_response(status, &message)
         })
         .around(move |ep, req| middleware::authenticate(ep, req, access.clone()))
+        .around(middleware::refuse_cross_site)
         .around(middleware::read_body_first)
         .around(middleware::allow_header)
         .around(middleware::access_log)

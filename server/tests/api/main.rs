@@ -4,6 +4,7 @@ mod auth_tls;
 mod build_watch;
 mod cli;
 mod concurrency;
+mod dashboard;
 mod events;
 mod force_release;
 mod history;
