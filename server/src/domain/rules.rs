@@ -501,6 +501,8 @@ fn decide_afresh(
     let same_key = lock.is_free() || lock.key == claim.key;
     match op {
         _ if !same_key => (Verdict::HeldByOther, None),
+        // A reservation takes a free lock, not another claim on a held one.
+        Op::Reserve if !lock.is_free() => (Verdict::HeldByOther, None),
         Op::Lock | Op::Reserve => {
             // Re-entry is always granted; a new sharer of the key waits behind other keys.
             if others_waiting && lock.locked_by.get(&claim.requestor).is_none() {

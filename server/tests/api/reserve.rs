@@ -28,6 +28,14 @@ fn a_reservation_is_an_ordinary_lock_with_a_note() {
     assert!(holder["expires_at"].is_string(), "{holder}");
     let (status, answer) = client.put(&server.url("/lock/db"), &body("deploy", "job"));
     assert_eq!(status, 423, "held like any lock: {answer}");
+    let (status, answer) = client.post(
+        &server.url("/lock/db/reserve"),
+        r#"{"by": "alice", "note": "again", "ttl": "1s"}"#,
+    );
+    assert_eq!(
+        status, 423,
+        "a reservation takes a free lock only: {answer}"
+    );
     let (_, entries) = client.get(&server.url("/lock/db/history"));
     assert_eq!(entries[0]["op"], "reserve");
     assert_eq!(entries[0]["reason"], "migrating the schema");
