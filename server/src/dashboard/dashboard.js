@@ -166,6 +166,7 @@
           connection.unauthorized = false;
           state.updatedAt = new Date();
           reached(true);
+          refreshConcourse();
           if (!connection.events && Date.now() - connection.eventsTriedAt > EVENTS_RETRY_MS) {
             listen();
           }
@@ -191,6 +192,30 @@
         }
       });
     return inFlight;
+  }
+
+  /** Says so while the server cannot ask Concourse about the builds that hold claims. */
+  async function refreshConcourse() {
+    const notice = $("concourse");
+    let outage = null;
+    let url = "";
+    try {
+      const answer = await get("/concourse");
+      outage = answer.body.outage;
+      url = answer.body.url || "";
+    } catch (e) {
+      return; // the main refresh says what is wrong with the server
+    }
+    if (outage) {
+      notice.textContent =
+        "Concourse (" + url + ") gives no answer to rely on since " +
+        new Date(outage.since).toLocaleTimeString() + ": " + outage.error +
+        ". Claims held for their build are kept until it answers.";
+      notice.hidden = false;
+    } else {
+      notice.hidden = true;
+      notice.textContent = "";
+    }
   }
 
   class Unauthorized extends Error {}

@@ -59,3 +59,34 @@ fn the_page_says_when_the_server_cannot_be_reached_and_recovers() {
         "the page recovered without a reload"
     );
 }
+
+/// While the server cannot ask Concourse about the builds that hold claims, the page says so
+/// (and that those claims are kept).
+///
+/// Broken on purpose (tried): with `refreshConcourse` not called after a refresh, no notice
+/// appears and this test fails.
+#[test]
+fn the_page_says_when_concourse_cannot_be_asked() {
+    let Some(browser) = Browser::start("concourse-outage", LAPTOP) else {
+        return;
+    };
+    // Nothing listens on port 1: Concourse cannot be reached.
+    let concourse = "http://127.0.0.1:1";
+    let server = crate::server_with(
+        locker_testkit::Options::default()
+            .env("CONCOURSE_URL", concourse)
+            .env("CONCOURSE_TOKEN", "token")
+            .env("CONCOURSE_POLL", "200ms"),
+    );
+    let body = json!({"key": "k", "locked_by": "deploy", "hold": "build",
+                      "owner": {"build_id": "42", "atc_url": concourse}});
+    let (status, answer) = crate::client().put(&server.url("/lock/prod"), &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    browser.goto(&page_url(&server, "/", USER));
+    let notice = browser.wait_for_text("#concourse", "gives no answer to rely on");
+    assert!(
+        notice.contains("Claims held for their build are kept"),
+        "{notice}"
+    );
+    browser.screenshot("concourse-outage");
+}
