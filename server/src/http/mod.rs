@@ -211,14 +211,17 @@ fn show_lock(req: &Request, api: Data<&Arc<Api>>) -> Response {
 /// `PUT /lock/{name}`, and `PUT /lock/{name}?wait=DURATION` to wait in its queue.
 #[handler]
 async fn lock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Response {
-    let wait = match wait_query(req) {
-        Ok(wait) => wait.map(|wait| wait.min(api.waiting.max_wait)),
+    let name = match lock_name(req) {
+        Ok(name) => name,
         Err(e) => return e.into_response(),
     };
-    match (lock_name(req), wait) {
-        (Ok(name), Some(wait)) if !wait.is_zero() => wait_for(req, body, &api, name, wait).await,
-        (Ok(name), _) => change(req, body, &api, name, Op::Lock).await,
-        (Err(e), _) => e.into_response(),
+    match wait_query(req) {
+        Ok(Some(wait)) if !wait.is_zero() => {
+            let wait = wait.min(api.waiting.max_wait);
+            wait_for(req, body, &api, name, wait).await
+        }
+        Ok(_) => change(req, body, &api, name, Op::Lock).await,
+        Err(e) => e.into_response(),
     }
 }
 
