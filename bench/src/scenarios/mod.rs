@@ -799,7 +799,6 @@ fn cpu_time(who: libc::c_int) -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Server CPU microseconds per request, over warm-up and measurement (both were loaded).
 /// Reads `GET /locks` on one keep-alive connection in a loop until `stop`, counting reads, on
 /// a thread of its own (outside the load generator, whose clients are measured).
 fn read_all_locks(
@@ -829,7 +828,12 @@ fn read_all_locks(
     })
 }
 
+/// Server CPU microseconds per request, over warm-up and measurement (both were loaded); "n/a"
+/// when no request completed in the measured period.
 fn cpu_per(cpu: Duration, requests_per_second: f64, period: Period) -> String {
+    if requests_per_second <= 0.0 {
+        return "n/a".into();
+    }
     let seconds = (period.warm_up + period.measured).as_secs_f64();
     format!(
         "{:.0}",

@@ -33,8 +33,9 @@ const OVERTAKE_MARGIN: Duration = Duration::from_millis(1);
 const QUEUE_READ_EVERY: Duration = Duration::from_millis(2);
 /// Waiting requests in the memory scenario: as many as the server allows connections.
 const WAITERS: usize = 4096;
-/// The HTTP/2 connections those requests share (as streams).
-const WAITER_CONNECTIONS: usize = 16;
+/// The most of those requests one HTTP/2 connection carries (as streams); fewer if the server
+/// allows fewer, so 16 connections or more.
+const STREAMS_PER_CONNECTION: usize = 256;
 /// How long the memory scenario lets its waiters be granted, one after another, once the
 /// holders unlock; those still waiting then are let go by closing their connections.
 const DRAIN_BUDGET: Duration = Duration::from_secs(15);
@@ -202,7 +203,8 @@ impl Bench {
     /// Scenario 13: the server's resident memory idle, with 4,096 requests waiting, and once
     /// they are gone; once with all of them in one lock's queue (granted one after another
     /// when the holder unlocks), once with one waiter on each of 4,096 held locks (all
-    /// unlocked at once). The requests travel as HTTP/2 streams over 16 connections. Then,
+    /// unlocked at once). The requests travel as HTTP/2 streams over 16 connections (more if
+    /// the server allows fewer than 256 streams on one). Then,
     /// after the grace for which the server remembers grants, a second round of 4,096 waiters
     /// on the first server shows whether the memory of the first is reused or lost.
     pub(super) async fn waiter_memory(&mut self) -> anyhow::Result<()> {
@@ -237,13 +239,16 @@ impl Bench {
         self.report.rows.extend(rows);
         if crowded.max_streams == usize::MAX {
             self.report.notes.push(format!(
-                "Scenario 13: the server sets no limit on concurrent HTTP/2 streams per connection, so its cap of 4,096 connections does not bound how many requests can wait ({} waited on {WAITER_CONNECTIONS} connections).",
-                thousands(WAITERS as f64)
+                "Scenario 13: the server sets no limit on concurrent HTTP/2 streams per connection, so its cap of 4,096 connections does not bound how many requests can wait ({} waited on {} connections).",
+                thousands(WAITERS as f64),
+                crowded.connections
             ));
         } else {
             self.report.notes.push(format!(
-                "Scenario 13: the server allows {} concurrent HTTP/2 streams per connection.",
-                thousands(crowded.max_streams as f64)
+                "Scenario 13: the server allows {} concurrent HTTP/2 streams per connection, so the {} waiters took {} connections.",
+                thousands(crowded.max_streams as f64),
+                thousands(WAITERS as f64),
+                crowded.connections
             ));
         }
         Ok(())
@@ -256,8 +261,9 @@ fn memory_row(crowd: &Crowd, what: &str, after: &str) -> Row {
     let mut row = Row::plain(
         "13",
         &format!(
-            "Memory: {} waiting requests {what} (HTTP/2, {WAITER_CONNECTIONS} connections)",
-            thousands(WAITERS as f64)
+            "Memory: {} waiting requests {what} (HTTP/2, {} connections)",
+            thousands(WAITERS as f64),
+            crowd.connections
         ),
     );
     row.clients = thousands(WAITERS as f64);
@@ -617,6 +623,8 @@ struct Crowd {
     released_at: Instant,
     /// The server's limit on concurrent streams per HTTP/2 connection.
     max_streams: usize,
+    /// The HTTP/2 connections the waiters took.
+    connections: usize,
 }
 
 /// Holds the locks `names`, sends [`WAITERS`] waiting lock requests spread evenly over them,
@@ -635,15 +643,20 @@ async fn crowd(server: &Locker, names: &[String], release: Release) -> anyhow::R
     each_lock(addr, names, "PUT", holder).await?;
     let idle = servers::rss(pid)?;
 
-    let mut connections = Vec::new();
-    for _ in 0..WAITER_CONNECTIONS {
+    // The server's limit on streams comes with its settings, known once a first answer is in.
+    let first = Http2Connection::connect(addr).await?;
+    first.send("GET", "/healthz", None).await?;
+    let max_streams = first.max_streams();
+    let count = WAITERS.div_ceil(max_streams.min(STREAMS_PER_CONNECTION));
+    let mut connections = vec![first];
+    for _ in 1..count {
         connections.push(Http2Connection::connect(addr).await?);
     }
     let cpu = server.cpu_time()?;
     let began = Instant::now();
     let mut waiters = JoinSet::new();
     for i in 0..WAITERS {
-        let conn = connections[i % WAITER_CONNECTIONS].clone();
+        let conn = connections[i % count].clone();
         let name = names[i % names.len()].clone();
         waiters.spawn(async move {
             let body = locker_protocol::ClaimBody {
@@ -688,7 +701,6 @@ async fn crowd(server: &Locker, names: &[String], release: Release) -> anyhow::R
     let joined_in = began.elapsed();
     let join_cpu = server.cpu_time()? - cpu;
     let waiting = servers::rss(pid)?;
-    let max_streams = connections[0].max_streams();
 
     let cpu = server.cpu_time()?;
     let began = Instant::now();
@@ -731,6 +743,7 @@ async fn crowd(server: &Locker, names: &[String], release: Release) -> anyhow::R
         drain_cpu,
         released_at,
         max_streams,
+        connections: count,
     })
 }
 
