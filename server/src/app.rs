@@ -16,6 +16,7 @@ use poem::listener::{AcceptorExt, BoxAcceptor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http;
+use crate::metrics::Metrics;
 use crate::net::connection::{self, Limited};
 use crate::net::peers::{PeerAcceptor, Peers};
 use crate::net::tls::{TlsAcceptor, load_tls};
@@ -85,8 +86,9 @@ impl Builder {
             None => (tcp.boxed(), "http"),
         };
         log_start(&config, &backend, format, scheme, address);
-        let (store, writer) =
-            LockStore::start(backend, self.clock.clone()).map_err(ServerError::Serve)?;
+        let metrics = Arc::new(Metrics::new());
+        let (store, writer) = LockStore::start(backend, self.clock.clone(), metrics.clone())
+            .map_err(ServerError::Serve)?;
         Ok(Application {
             config,
             acceptor,
@@ -97,6 +99,7 @@ impl Builder {
             writer,
             head_timeout: self.head_timeout,
             peers,
+            metrics,
         })
     }
 }
@@ -113,6 +116,7 @@ pub struct Application {
     clock: Arc<dyn Clock>,
     writer: JoinHandle<()>,
     head_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Application {
@@ -161,6 +165,7 @@ impl Application {
                 grace: self.config.queue_grace,
             },
             peers: self.peers,
+            metrics: self.metrics,
         };
         let access = http::Access {
             user: self.config.auth.clone(),

@@ -7,6 +7,7 @@
 //!   group-commits and expires leases, and the published snapshots; `store::file` is the state
 //!   file and its journal.
 //! - `http`: the HTTP API (poem), wire-compatible with the original server; it owns its JSON.
+//! - `metrics`: what the server counts for monitoring, served as `GET /metrics`.
 //! - `net`: listening, TLS, and limits on slow clients and on connections.
 //! - [`app`]: builds the server from a configuration and a port, then serves it.
 //! - [`config`]: configuration from the environment.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod healthcheck;
 mod http;
+mod metrics;
 mod net;
 mod store;
 

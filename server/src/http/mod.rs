@@ -6,10 +6,11 @@
 
 mod answer;
 mod body;
+mod metrics;
 mod middleware;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -17,7 +18,8 @@ use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
 use serde_json::json;
 
 use crate::clock::Clock;
-use crate::domain::{Claim, Op};
+use crate::domain::{Claim, Op, Verdict};
+use crate::metrics::Metrics;
 use crate::net::peers::Peers;
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 use answer::{
@@ -40,6 +42,7 @@ pub(crate) struct Api {
     pub(crate) leases: Leases,
     pub(crate) waiting: Waiting,
     pub(crate) peers: Peers,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// How long a lock request may wait in a queue, and how long its place outlives it.
@@ -52,9 +55,11 @@ pub(crate) struct Waiting {
 /// Builds the whole HTTP application.
 pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> {
     let access = Arc::new(access);
+    let counted = api.metrics.clone();
     Route::new()
         .at("/healthz", get(healthz))
         .at("/openapi.yaml", get(openapi))
+        .at("/metrics", get(metrics::scrape))
         .at("/locks", get(list_locks))
         .at("/history", get(all_history))
         .at(
@@ -79,6 +84,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .around(move |ep, req| middleware::authenticate(ep, req, access.clone()))
         .around(middleware::read_body_first)
         .around(middleware::allow_header)
+        .around(move |ep, req| metrics::count_request(ep, req, counted.clone()))
         .around(middleware::access_log)
 }
 
@@ -171,6 +177,7 @@ async fn unlock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Resp
 
 /// A lock request that waits in the lock's queue for at most `wait`.
 async fn wait_for(req: &Request, body: Body, api: &Api, name: String, wait: Duration) -> Response {
+    let arrived = Instant::now();
     let claim = match read_request(req, body, api, Op::Lock).await {
         Ok(claim) => claim,
         Err(response) => return response,
@@ -188,7 +195,12 @@ async fn wait_for(req: &Request, body: Body, api: &Api, name: String, wait: Dura
     };
     tokio::select! {
         decided = decided => match decided {
-            Ok(decision) => decision_response(&name, &claim, &decision),
+            Ok(decision) => {
+                if decision.verdict == Verdict::Acquired {
+                    api.metrics.waited(arrived.elapsed());
+                }
+                decision_response(&name, &claim, &decision)
+            }
             Err(e) => store_error(&e),
         },
         () = gone => error_response(
