@@ -170,6 +170,7 @@ impl Application {
         let access = http::Access {
             user: self.config.auth.clone(),
             admin: self.config.admin.clone(),
+            metrics_public: self.config.metrics_public,
         };
         let app = http::app(api, access);
         let acceptor = Limited::new(
