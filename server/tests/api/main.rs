@@ -8,6 +8,7 @@ mod history;
 mod in_process;
 mod leases;
 mod locks;
+mod metrics;
 mod persistence;
 mod queue;
 mod retries;
