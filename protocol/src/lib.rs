@@ -98,7 +98,15 @@ pub const MAX_OWNER_BYTES: usize = 4096;
 /// The fields a lock, unlock or renew body may have: the key, three spellings of the
 /// requestor (the original server's `locked_by`, its resource's `lock_by`, and `requestor`),
 /// the lease's time to live, and the owner.
-pub const CLAIM_FIELDS: [&str; 6] = ["key", "locked_by", "lock_by", "requestor", "ttl", "owner"];
+pub const CLAIM_FIELDS: [&str; 7] = [
+    "key",
+    "locked_by",
+    "lock_by",
+    "requestor",
+    "ttl",
+    "owner",
+    "hold",
+];
 
 /// The body of a lock or unlock request, as clients send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

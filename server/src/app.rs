@@ -14,6 +14,9 @@ use std::time::Duration;
 use poem::listener::{AcceptorExt, BoxAcceptor};
 
 use crate::clock::{Clock, SystemClock};
+use crate::concourse::Watch;
+use crate::concourse::client::ConcourseClient;
+use crate::config::Concourse;
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
@@ -39,6 +42,8 @@ pub enum ServerError {
     Bind { port: u16, source: io::Error },
     #[error("the server stopped: {0}")]
     Serve(io::Error),
+    #[error("{0}")]
+    Concourse(String),
 }
 
 /// Builds an [`Application`], with the seams tests may change.
@@ -89,6 +94,14 @@ impl Builder {
         let metrics = Arc::new(Metrics::new());
         let (store, writer) = LockStore::start(backend, self.clock.clone(), metrics.clone())
             .map_err(ServerError::Serve)?;
+        let watcher = config
+            .concourse
+            .clone()
+            .map(|concourse| {
+                ConcourseClient::new(&concourse).map(|client| (client, concourse, Watch::default()))
+            })
+            .transpose()
+            .map_err(ServerError::Concourse)?;
         Ok(Application {
             config,
             acceptor,
@@ -100,6 +113,7 @@ impl Builder {
             head_timeout: self.head_timeout,
             peers,
             metrics,
+            watcher,
         })
     }
 }
@@ -117,6 +131,8 @@ pub struct Application {
     writer: JoinHandle<()>,
     head_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The build watcher, when the server watches a Concourse.
+    watcher: Option<(ConcourseClient, Concourse, Watch)>,
 }
 
 impl Application {
@@ -153,6 +169,15 @@ impl Application {
             store.stop_waiters();
             drop(store);
         };
+        let watch = self.watcher.as_ref().map(|(_, _, watch)| watch.clone());
+        let watcher = self.watcher.map(|(client, concourse, watch)| {
+            tokio::spawn(crate::concourse::run(
+                self.store.clone(),
+                client,
+                concourse,
+                watch,
+            ))
+        });
         let api = http::Api {
             store: self.store,
             clock: self.clock,
@@ -166,6 +191,8 @@ impl Application {
             },
             peers: self.peers,
             metrics: self.metrics,
+            concourse: self.config.concourse.clone(),
+            watch,
         };
         let access = http::Access {
             user: self.config.auth.clone(),
@@ -182,6 +209,10 @@ impl Application {
             .idle_timeout(IDLE_TIMEOUT)
             .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
             .await;
+        // The watcher stops with the server (it held a store handle too).
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         // The app held the last store handle: the writer answers what is queued, then stops.
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -36,6 +36,12 @@ Server environment (locker without a command):
   LOCKER_DEFAULT_TTL  how long a claim lives when its lock request gives no ttl, like 12h
                  (default: unset, such claims never expire, as with the original server)
   LOCKER_MAX_TTL the longest ttl a claim may ask for (default: 7d)
+  CONCOURSE_URL  the Concourse web node's external URL: claims with hold: build are
+                 released once Concourse says their build has finished (default: unset)
+  CONCOURSE_USERNAME, CONCOURSE_PASSWORD  a local Concourse user to log in as, or
+  CONCOURSE_TOKEN    a bearer token; read-only access to the builds' teams is enough
+  CONCOURSE_CA_CERT  PEM CA certificates to trust for CONCOURSE_URL
+  CONCOURSE_POLL     how often each build is asked about (default: 30s)
   LOCKER_HISTORY_MAX how many history entries are kept, oldest dropped first
                  (default: 100000)
   LOCKER_MAX_WAIT    the longest a lock request may wait in a queue (?wait=); a longer
@@ -60,6 +66,64 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Credentials { .. }")
     }
+}
+
+/// Where the server asks Concourse whether the builds that hold claims still run.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Concourse {
+    /// The web node's external URL, normalised: no trailing slash.
+    pub url: String,
+    pub auth: ConcourseAuth,
+    /// A PEM file of the CA certificates to trust for it (else the system's).
+    pub ca_cert: Option<PathBuf>,
+    /// How often each watched build is asked about.
+    pub poll: Duration,
+}
+
+impl std::fmt::Debug for Concourse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Concourse")
+            .field("url", &self.url)
+            .field("ca_cert", &self.ca_cert)
+            .field("poll", &self.poll)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the server logs in to Concourse.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ConcourseAuth {
+    /// A local user: a password grant on `/sky/issuer/token`, as `fly login` does.
+    Password { user: String, pass: String },
+    /// A bearer token given as is.
+    Token(String),
+}
+
+/// How often a watched build is asked about when `CONCOURSE_POLL` is not set.
+pub const DEFAULT_CONCOURSE_POLL: Duration = Duration::from_secs(30);
+
+/// The form of a URL the server compares: scheme and host lower-cased, no trailing slash, no
+/// default port. `None` when it is not an http(s) URL.
+pub fn normalise_url(url: &str) -> Option<String> {
+    let url = url.trim().trim_end_matches('/');
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let mut authority = authority.to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    if let Some(host) = authority.strip_suffix(default_port) {
+        authority = host.to_owned();
+    }
+    Some(format!("{scheme}://{authority}{path}"))
 }
 
 /// Paths of the TLS certificate chain and key.
@@ -92,6 +156,8 @@ pub struct Config {
     pub history_max: usize,
     /// True when `/metrics` is served without credentials.
     pub metrics_public: bool,
+    /// Where to ask whether builds still run; `None`: claims cannot be held for a build.
+    pub concourse: Option<Concourse>,
 }
 
 impl Config {
@@ -174,6 +240,7 @@ impl Config {
             None => false,
             Some(v) => flag("LOCKER_METRICS_PUBLIC", &v)?,
         };
+        let concourse = concourse(&var)?;
         Ok(Config {
             state_file,
             state_file_is_default,
@@ -187,6 +254,7 @@ impl Config {
             queue_grace,
             history_max,
             metrics_public,
+            concourse,
         })
     }
 
@@ -214,6 +282,54 @@ fn flag(name: &str, value: &str) -> Result<bool, String> {
         "false" => Ok(false),
         _ => Err(format!("{name}={value:?} is not true or false")),
     }
+}
+
+/// The `CONCOURSE_*` variables, if `CONCOURSE_URL` is set.
+fn concourse(var: &impl Fn(&str) -> Option<String>) -> Result<Option<Concourse>, String> {
+    let Some(url) = var("CONCOURSE_URL") else {
+        for name in [
+            "CONCOURSE_USERNAME",
+            "CONCOURSE_PASSWORD",
+            "CONCOURSE_TOKEN",
+        ] {
+            if var(name).is_some() {
+                return Err(format!("{name} is set but CONCOURSE_URL is not; set both"));
+            }
+        }
+        return Ok(None);
+    };
+    let normalised = normalise_url(&url).ok_or_else(|| {
+        format!("CONCOURSE_URL={url:?} is not an http(s) URL like https://ci.example.com")
+    })?;
+    let password = pair(
+        var("CONCOURSE_USERNAME"),
+        var("CONCOURSE_PASSWORD"),
+        "CONCOURSE_USERNAME",
+        "CONCOURSE_PASSWORD",
+    )?;
+    let auth = match (password, var("CONCOURSE_TOKEN")) {
+        (Some((user, pass)), None) => ConcourseAuth::Password { user, pass },
+        (None, Some(token)) => ConcourseAuth::Token(token),
+        (Some(_), Some(_)) => {
+            return Err(
+                "CONCOURSE_TOKEN and CONCOURSE_USERNAME/CONCOURSE_PASSWORD are both set; set one"
+                    .into(),
+            );
+        }
+        (None, None) => {
+            return Err("CONCOURSE_URL needs credentials: CONCOURSE_USERNAME and CONCOURSE_PASSWORD (a local user), or CONCOURSE_TOKEN".into());
+        }
+    };
+    let poll = var("CONCOURSE_POLL")
+        .map(|v| duration("CONCOURSE_POLL", &v))
+        .transpose()?
+        .unwrap_or(DEFAULT_CONCOURSE_POLL);
+    Ok(Some(Concourse {
+        url: normalised,
+        auth,
+        ca_cert: var("CONCOURSE_CA_CERT").map(PathBuf::from),
+        poll,
+    }))
 }
 
 /// Both or neither of two variables.
@@ -326,16 +442,90 @@ mod tests {
     }
 
     #[test]
+    fn concourse_settings_are_read_and_checked() {
+        let c = config(&[
+            ("CONCOURSE_URL", "HTTPS://CI.Example.com:443/"),
+            ("CONCOURSE_TOKEN", "t"),
+            ("CONCOURSE_POLL", "5s"),
+        ])
+        .unwrap();
+        let concourse = c.concourse.unwrap();
+        assert_eq!(concourse.url, "https://ci.example.com");
+        assert_eq!(concourse.poll, Duration::from_secs(5));
+        assert!(matches!(concourse.auth, ConcourseAuth::Token(_)));
+        let c = config(&[
+            ("CONCOURSE_URL", "http://ci:8080"),
+            ("CONCOURSE_USERNAME", "u"),
+            ("CONCOURSE_PASSWORD", "p"),
+        ])
+        .unwrap();
+        assert_eq!(c.concourse.unwrap().poll, DEFAULT_CONCOURSE_POLL);
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (
+                &[
+                    ("CONCOURSE_URL", "ci.example.com"),
+                    ("CONCOURSE_TOKEN", "t"),
+                ],
+                "not an http(s) URL",
+            ),
+            (&[("CONCOURSE_URL", "https://ci")], "needs credentials"),
+            (&[("CONCOURSE_TOKEN", "t")], "CONCOURSE_URL is not"),
+            (
+                &[
+                    ("CONCOURSE_URL", "https://ci"),
+                    ("CONCOURSE_TOKEN", "t"),
+                    ("CONCOURSE_USERNAME", "u"),
+                    ("CONCOURSE_PASSWORD", "p"),
+                ],
+                "both set",
+            ),
+            (
+                &[("CONCOURSE_URL", "https://ci"), ("CONCOURSE_USERNAME", "u")],
+                "CONCOURSE_PASSWORD is not",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = config(vars).unwrap_err();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_are_compared_in_a_normal_form() {
+        assert_eq!(
+            normalise_url("https://CI.example.com/"),
+            Some("https://ci.example.com".into())
+        );
+        assert_eq!(normalise_url("http://ci:80"), Some("http://ci".into()));
+        assert_eq!(
+            normalise_url("http://ci:8080/sub/"),
+            Some("http://ci:8080/sub".into())
+        );
+        assert_eq!(normalise_url("ftp://ci"), None);
+        assert_eq!(normalise_url("https://user@ci"), None);
+    }
+
+    #[test]
     fn credentials_are_not_printed_by_debug() {
         let c = config(&[
             ("AUTH_USER", "ci-user"),
             ("AUTH_PASS", "s3cret"),
             ("ADMIN_USER", "ops-user"),
             ("ADMIN_PASS", "0ps-s3cret"),
+            ("CONCOURSE_URL", "https://ci"),
+            ("CONCOURSE_USERNAME", "cc-user"),
+            ("CONCOURSE_PASSWORD", "cc-s3cret"),
         ])
         .unwrap();
         let printed = format!("{c:?}");
-        for secret in ["ci-user", "s3cret", "ops-user", "0ps-s3cret"] {
+        for secret in [
+            "ci-user",
+            "s3cret",
+            "ops-user",
+            "0ps-s3cret",
+            "cc-user",
+            "cc-s3cret",
+        ] {
             assert!(!printed.contains(secret), "{printed}");
         }
     }

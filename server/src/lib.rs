@@ -20,6 +20,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+mod concourse;
 pub mod config;
 pub mod domain;
 pub mod healthcheck;

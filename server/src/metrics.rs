@@ -126,7 +126,7 @@ impl Metrics {
         );
         r.register(
             "grants",
-            "Claims granted: lock requests that took a claim, and waiters handed a lock from its queue",
+            "Claims granted: lock requests that took a claim (reservations too), and waiters handed a lock from its queue",
             self.grants.clone(),
         );
         r.register(
@@ -193,7 +193,7 @@ impl Metrics {
     pub fn committed(&self, before: &LockTable, history: &[Arc<Entry>], after: &LockTable) {
         for entry in history {
             let counter = match entry.action {
-                Action::Lock | Action::Granted => &self.grants,
+                Action::Lock | Action::Granted | Action::Reserve => &self.grants,
                 Action::Expire => &self.expiries,
                 Action::ForceRelease => &self.force_releases,
                 Action::Unlock | Action::Renew => continue,

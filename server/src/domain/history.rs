@@ -21,16 +21,19 @@ pub enum Action {
     ForceRelease,
     /// The lock was handed to a waiter from its queue.
     Granted,
+    /// An operator took the lock by hand, with a note.
+    Reserve,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Lock,
         Action::Unlock,
         Action::Renew,
         Action::Expire,
         Action::ForceRelease,
         Action::Granted,
+        Action::Reserve,
     ];
 
     /// The name the API and the storage use.
@@ -42,6 +45,7 @@ impl Action {
             Action::Expire => "expire",
             Action::ForceRelease => "force-release",
             Action::Granted => "granted-from-queue",
+            Action::Reserve => "reserve",
         }
     }
 

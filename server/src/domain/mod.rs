@@ -10,6 +10,6 @@ pub mod rules;
 pub use history::{Action, DEFAULT_HISTORY_MAX, Entry};
 pub use queue::{Place, Queue, Waiter};
 pub use rules::{
-    Batch, Changes, Claim, Decision, Holder, Holders, Lock, LockTable, Locks, Op, Owner,
+    Batch, Changes, Claim, Decision, Hold, Holder, Holders, Lock, LockTable, Locks, Op, Owner,
     PollAnswer, REMEMBERED_REQUESTS, Verdict,
 };

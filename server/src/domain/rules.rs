@@ -160,6 +160,35 @@ pub struct Holder {
     pub expires_at: Option<SystemTime>,
     /// Who the claims are for, as the latest lock that gave an owner said.
     pub owner: Owner,
+    /// How long the claims are held: until unlocked, or while their build runs.
+    pub hold: Hold,
+}
+
+/// How long a holder's claims last (besides a lease).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hold {
+    /// Until they are unlocked (or their lease ends).
+    #[default]
+    UntilUnlocked,
+    /// Also only while the build in the owner's `build_id` runs: the server asks Concourse
+    /// and releases them once it has finished.
+    Build,
+}
+
+impl Hold {
+    /// The name the API and the storage use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::UntilUnlocked => "until_unlocked",
+            Hold::Build => "build",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Hold> {
+        [Hold::UntilUnlocked, Hold::Build]
+            .into_iter()
+            .find(|h| h.as_str() == name)
+    }
 }
 
 impl Holder {
@@ -171,6 +200,7 @@ impl Holder {
             since: None,
             expires_at: None,
             owner: Owner::new(),
+            hold: Hold::UntilUnlocked,
         }
     }
 }
@@ -224,6 +254,9 @@ impl Holders {
                 if let Some(owner) = &claim.owner {
                     holder.owner.clone_from(owner);
                 }
+                if let Some(hold) = claim.hold {
+                    holder.hold = hold;
+                }
             }
             Err(i) => {
                 // One holder is the common case: room for exactly one, not the four a Vec
@@ -237,6 +270,7 @@ impl Holders {
                         since: Some(now),
                         expires_at: deadline,
                         owner: claim.owner.clone().unwrap_or_default(),
+                        hold: claim.hold.unwrap_or_default(),
                     },
                 );
             }
@@ -322,6 +356,9 @@ pub struct Claim {
     pub reason: Option<String>,
     /// The client's address, for the history.
     pub client: Option<String>,
+    /// How long the claim is held; `None` keeps what the holder had (a new one: until
+    /// unlocked).
+    pub hold: Option<Hold>,
 }
 
 impl Claim {
@@ -340,6 +377,9 @@ impl Claim {
 pub enum Op {
     /// Claim the lock if it can be had now.
     Lock,
+    /// A lock an operator takes by hand (with a note, as the claim's reason): decided as a
+    /// lock, recorded as a reservation.
+    Reserve,
     /// Claim the lock, or wait for it in its queue as poll `poll`: join at the end, or resume
     /// the place of the waiter with the claim's request id. The place (and then the grant)
     /// outlives the poll by `grace`.
@@ -363,6 +403,10 @@ pub enum Op {
     /// Release every claim, whoever holds it (an operator freeing a stuck lock); the claim
     /// names who asks.
     ForceRelease,
+    /// The build a holder held its claims for has finished: release every claim of the
+    /// claim's requestor, if it still holds them for the build in the claim's owner
+    /// `build_id`. The claim's reason says how the build ended.
+    BuildFinished,
 }
 
 /// How a request was decided.
@@ -441,7 +485,7 @@ fn replayed(lock: &Lock, op: Op, claim: &Claim) -> Option<Verdict> {
     }
     let holds = lock.key == claim.key && lock.locked_by.get(&claim.requestor).is_some();
     match op {
-        Op::Lock | Op::Wait { .. } if holds => Some(Verdict::Acquired),
+        Op::Lock | Op::Reserve | Op::Wait { .. } if holds => Some(Verdict::Acquired),
         Op::Unlock => Some(Verdict::Released),
         _ => None,
     }
@@ -457,7 +501,7 @@ fn decide_afresh(
     let same_key = lock.is_free() || lock.key == claim.key;
     match op {
         _ if !same_key => (Verdict::HeldByOther, None),
-        Op::Lock => {
+        Op::Lock | Op::Reserve => {
             // Re-entry is always granted; a new sharer of the key waits behind other keys.
             if others_waiting && lock.locked_by.get(&claim.requestor).is_none() {
                 return (Verdict::OthersWaiting, None);
@@ -494,7 +538,8 @@ fn decide_afresh(
         | Op::StopWaiting { .. }
         | Op::Abandon { .. }
         | Op::Withdraw
-        | Op::ForceRelease => (Verdict::NotQueued, None),
+        | Op::ForceRelease
+        | Op::BuildFinished => (Verdict::NotQueued, None),
     }
 }
 
@@ -876,12 +921,15 @@ impl<'a> Batch<'a> {
     /// lock left free goes to the first in its queue in the same batch.
     pub fn apply(&mut self, name: &str, op: Op, claim: &Claim, now: SystemTime) -> Decision {
         let (verdict, place) = match op {
-            Op::Lock | Op::Unlock | Op::Renew => (self.change(name, op, claim, now), None),
+            Op::Lock | Op::Reserve | Op::Unlock | Op::Renew => {
+                (self.change(name, op, claim, now), None)
+            }
             Op::Wait { poll, grace } => self.wait(name, poll, grace, claim, now),
             Op::StopWaiting { poll } => self.stop_waiting(name, poll, false, now),
             Op::Abandon { poll } => self.stop_waiting(name, poll, true, now),
             Op::Withdraw => (self.withdraw(name, claim, now), None),
             Op::ForceRelease => (self.force_release(name, claim, now), None),
+            Op::BuildFinished => (self.build_finished(name, claim, now), None),
         };
         self.promote(name, now);
         Decision {
@@ -910,6 +958,7 @@ impl<'a> Batch<'a> {
             let action = match op {
                 Op::Unlock => Action::Unlock,
                 Op::Renew => Action::Renew,
+                Op::Reserve => Action::Reserve,
                 _ => Action::Lock,
             };
             let holder = next
@@ -1104,6 +1153,33 @@ impl<'a> Batch<'a> {
             self.queue_mut(name).granted.clear();
         }
         Verdict::Released
+    }
+
+    /// Releases every claim of the claim's requestor whose hold is its build (the one in the
+    /// claim's owner `build_id`), which has finished.
+    fn build_finished(&mut self, name: &str, claim: &Claim, now: SystemTime) -> Verdict {
+        let lock = self.lock(name);
+        let build = claim.owner.as_ref().and_then(|o| o.get("build_id"));
+        let holds = lock.locked_by.holder(&claim.requestor).is_some_and(|h| {
+            h.hold == Hold::Build && h.owner.get("build_id") == build && build.is_some()
+        });
+        if !holds {
+            return Verdict::NoClaim;
+        }
+        let unlock = Claim {
+            key: lock.key.clone(),
+            requestor: claim.requestor.clone(),
+            reason: claim.reason.clone(),
+            ..Claim::default()
+        };
+        let mut verdict = Verdict::NoClaim;
+        while self.lock(name).locked_by.holder(&claim.requestor).is_some() {
+            verdict = self.change(name, Op::Unlock, &unlock, now);
+            if verdict != Verdict::Released {
+                break;
+            }
+        }
+        verdict
     }
 
     /// Marks the grant made to the claim's request id as collected.

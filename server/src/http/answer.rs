@@ -11,8 +11,9 @@ use serde_json::json;
 
 use locker_protocol::timestamp;
 
+use crate::concourse::Seen;
 use crate::domain::{
-    Claim, Decision, Entry, Holder, Holders, Lock, LockTable, Place, Queue, Verdict,
+    Claim, Decision, Entry, Hold, Holder, Holders, Lock, LockTable, Place, Queue, Verdict,
 };
 
 /// A refused request: the status and the message of its JSON error body.
@@ -300,8 +301,9 @@ fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// The LOCK object of a lock, written straight from it (see [`locker_protocol::Lock`]), with
-/// its queue where the answer shows one (reads do; the answers to changes do not).
-pub(super) struct LockJson<'a>(pub(super) &'a Lock, pub(super) Option<QueueJson<'a>>);
+/// its queue and its holders' builds where the answer shows them (reads do; the answers to
+/// changes do not).
+pub(super) struct LockJson<'a>(pub(super) &'a Lock, pub(super) Option<ReadView<'a>>);
 
 impl Serialize for LockJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -312,28 +314,35 @@ impl Serialize for LockJson<'_> {
         map.serialize_entry("revision", &lock.revision)?;
         map.serialize_entry("locked_at", &lock.locked_at.map(timestamp))?;
         map.serialize_entry("token", &lock.token)?;
-        map.serialize_entry("holders", &HoldersJson(&lock.locked_by))?;
-        if let Some(queue) = &self.1 {
-            map.serialize_entry("queue", queue)?;
+        let seen = self.1.as_ref().and_then(|view| view.seen);
+        map.serialize_entry("holders", &HoldersJson(&lock.locked_by, seen))?;
+        if let Some(view) = &self.1 {
+            map.serialize_entry("queue", view)?;
         }
         map.end()
     }
 }
 
-/// The waiters of a lock in order, as they stand at a time (places whose grace ran out are
-/// gone, whether or not that has been committed yet).
-pub(super) struct QueueJson<'a> {
+/// What a read shows beside a lock: its waiters in order, as they stand at a time (places
+/// whose grace ran out are gone, whether or not that has been committed yet), and what the
+/// build watcher last learnt of its holders' builds. Serialises as the queue.
+pub(super) struct ReadView<'a> {
     queue: Option<&'a Queue>,
+    seen: Option<&'a Seen>,
     now: std::time::SystemTime,
 }
 
-impl<'a> QueueJson<'a> {
-    pub(super) fn of(queue: Option<&'a Queue>, now: std::time::SystemTime) -> Self {
-        QueueJson { queue, now }
+impl<'a> ReadView<'a> {
+    pub(super) fn of(
+        queue: Option<&'a Queue>,
+        seen: Option<&'a Seen>,
+        now: std::time::SystemTime,
+    ) -> Self {
+        ReadView { queue, seen, now }
     }
 }
 
-impl Serialize for QueueJson<'_> {
+impl Serialize for ReadView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let waiters = self.queue.into_iter().flat_map(|queue| queue.waiters());
@@ -358,49 +367,53 @@ const LOCKS_PER_PIECE: usize = 512;
 /// starts after the last name written, so the stream owns nothing but the snapshot.
 pub(super) fn locks_json_stream(
     table: LockTable,
+    seen: Option<Arc<Seen>>,
     now: std::time::SystemTime,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
     use std::ops::Bound;
     let start: Option<Option<Arc<str>>> = Some(None);
-    futures_util::stream::unfold((table, start), move |(table, after)| async move {
-        let after = after?;
-        // hyper pulls pieces for as long as the socket takes them; yielding between pieces
-        // lets the requests queued on this worker run in between, so a big read costs them
-        // at most one piece of waiting.
-        tokio::task::yield_now().await;
-        let mut piece = Vec::with_capacity(64 * 1024);
-        let lower = match &after {
-            None => {
-                piece.push(b'{');
-                Bound::Unbounded
+    futures_util::stream::unfold((table, start), move |(table, after)| {
+        let seen = seen.clone();
+        async move {
+            let after = after?;
+            // hyper pulls pieces for as long as the socket takes them; yielding between pieces
+            // lets the requests queued on this worker run in between, so a big read costs them
+            // at most one piece of waiting.
+            tokio::task::yield_now().await;
+            let mut piece = Vec::with_capacity(64 * 1024);
+            let lower = match &after {
+                None => {
+                    piece.push(b'{');
+                    Bound::Unbounded
+                }
+                Some(name) => Bound::Excluded(name.clone()),
+            };
+            let mut last = None;
+            for (i, (name, lock)) in table
+                .locks
+                .range((lower, Bound::Unbounded))
+                .take(LOCKS_PER_PIECE)
+                .enumerate()
+            {
+                if i > 0 || after.is_some() {
+                    piece.push(b',');
+                }
+                let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
+                    piece.push(b':');
+                    let queue = ReadView::of(table.queue(name), seen.as_deref(), now);
+                    serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(now), Some(queue)))
+                });
+                if let Err(e) = written {
+                    return Some((Err(std::io::Error::other(e)), (table, None)));
+                }
+                last = Some(name.clone());
             }
-            Some(name) => Bound::Excluded(name.clone()),
-        };
-        let mut last = None;
-        for (i, (name, lock)) in table
-            .locks
-            .range((lower, Bound::Unbounded))
-            .take(LOCKS_PER_PIECE)
-            .enumerate()
-        {
-            if i > 0 || after.is_some() {
-                piece.push(b',');
-            }
-            let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
-                piece.push(b':');
-                let queue = QueueJson::of(table.queue(name), now);
-                serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(now), Some(queue)))
-            });
-            if let Err(e) = written {
-                return Some((Err(std::io::Error::other(e)), (table, None)));
-            }
-            last = Some(name.clone());
-        }
-        match last {
-            Some(name) => Some((Ok(piece), (table, Some(Some(name))))),
-            None => {
-                piece.push(b'}');
-                Some((Ok(piece), (table, None)))
+            match last {
+                Some(name) => Some((Ok(piece), (table, Some(Some(name))))),
+                None => {
+                    piece.push(b'}');
+                    Some((Ok(piece), (table, None)))
+                }
             }
         }
     })
@@ -420,30 +433,42 @@ impl Serialize for CountsJson<'_> {
 }
 
 /// Every holder, with when it claimed, when its lease ends and who it is for.
-struct HoldersJson<'a>(&'a Holders);
+struct HoldersJson<'a>(&'a Holders, Option<&'a Seen>);
 
 impl Serialize for HoldersJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut list = s.serialize_seq(Some(self.0.len()))?;
         for h in self.0.entries() {
-            list.serialize_element(&HolderJson(h))?;
+            list.serialize_element(&HolderJson(h, self.1))?;
         }
         list.end()
     }
 }
 
-struct HolderJson<'a>(&'a Holder);
+/// A holder: its claims, how long it holds them, and, for one held while its build runs,
+/// what Concourse last said of the build and when (where the answer shows it).
+struct HolderJson<'a>(&'a Holder, Option<&'a Seen>);
 
 impl Serialize for HolderJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let h = self.0;
-        let mut map = s.serialize_map(Some(5))?;
+        let build = self
+            .1
+            .zip(h.owner.get("build_id"))
+            .filter(|_| h.hold == Hold::Build)
+            .and_then(|(seen, id)| seen.builds.get(&id.parse().ok()?));
+        let mut map = s.serialize_map(None)?;
         map.serialize_entry("requestor", &h.requestor)?;
         map.serialize_entry("count", &h.count)?;
         map.serialize_entry("since", &h.since.map(timestamp))?;
         map.serialize_entry("expires_at", &h.expires_at.map(timestamp))?;
         map.serialize_entry("owner", &h.owner)?;
+        map.serialize_entry("hold", h.hold.as_str())?;
+        if let Some((status, checked_at)) = build {
+            map.serialize_entry("build_status", status)?;
+            map.serialize_entry("build_checked_at", &timestamp(*checked_at))?;
+        }
         map.end()
     }
 }
@@ -465,7 +490,8 @@ mod tests {
             ..Claim::new("k", "r")
         };
         let lock = table.apply("env", Op::Lock, &claim, now).lock;
-        let json = serde_json::to_value(LockJson(&lock, Some(QueueJson::of(None, now)))).unwrap();
+        let json =
+            serde_json::to_value(LockJson(&lock, Some(ReadView::of(None, None, now)))).unwrap();
         let read: locker_protocol::Lock = serde_json::from_value(json.clone()).unwrap();
         let expected = locker_protocol::Lock {
             key: "k".into(),

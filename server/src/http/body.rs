@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::answer::ApiError;
-use crate::domain::{Claim, Owner};
+use crate::domain::{Claim, Hold, Owner};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -25,10 +25,10 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The lock name from the raw (still percent-encoded) path.
 pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
-    if segment.ends_with("/renew") {
+    if let Some(action) = ACTIONS.iter().find(|a| segment.ends_with(&format!("/{a}"))) {
         return Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
-            "a renewal is POST /lock/NAME/renew".into(),
+            format!("this is POST /lock/NAME/{action}"),
         ));
     }
     if segment.contains("/queue/") {
@@ -58,6 +58,9 @@ pub(super) struct HistoryPage {
     pub(super) before: Option<u64>,
 }
 
+/// The largest id `before` may name: the largest integer JSON clients read exactly.
+const MAX_ENTRY_ID: u64 = (1 << 53) - 1;
+
 /// The most entries one history page holds.
 pub(super) const MAX_HISTORY_PAGE: usize = 1000;
 
@@ -79,11 +82,17 @@ pub(super) fn history_page(req: &Request) -> Result<HistoryPage, ApiError> {
                     ))
                 })?;
         } else if let Some(value) = pair.strip_prefix("before=") {
-            page.before = Some(value.parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "query parameter 'before' ({value:?}) must be an entry id"
-                ))
-            })?);
+            page.before = Some(
+                value
+                    .parse()
+                    .ok()
+                    .filter(|id| *id <= MAX_ENTRY_ID)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "query parameter 'before' ({value:?}) must be an entry id (0 to {MAX_ENTRY_ID})"
+                        ))
+                    })?,
+            );
         }
     }
     Ok(page)
@@ -101,8 +110,52 @@ fn queue_method() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub(super) struct Release {
     pub(super) reason: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_string")]
     pub(super) by: Option<String>,
+}
+
+/// A field that may be absent but not `null`.
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// The body of a reservation: who, why, and for how long (all but `by` required).
+pub(super) struct Reservation {
+    pub(super) by: Option<String>,
+    pub(super) note: String,
+    pub(super) ttl: Duration,
+}
+
+/// Reads a reservation body: `{"by": "alice", "note": "why", "ttl": "2h"}`.
+pub(super) async fn read_reservation(body: Body) -> Result<Reservation, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Stored<'a> {
+        #[serde(default, deserialize_with = "some_string")]
+        by: Option<String>,
+        note: String,
+        #[serde(borrow)]
+        ttl: TtlValue<'a>,
+    }
+    let bytes = body
+        .into_vec()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    let stored: Stored<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "a reservation is {{\"by\": \"who\", \"note\": \"why\", \"ttl\": \"2h\"}} with note and ttl required: {e}"
+        ))
+    })?;
+    check_reason("note", &stored.note)?;
+    if let Some(by) = &stored.by {
+        names::check_text("field 'by'", by).map_err(ApiError::bad_request)?;
+    }
+    let ttl = ttl_from(stored.ttl).map_err(ApiError::bad_request)?;
+    Ok(Reservation {
+        by: stored.by,
+        note: stored.note,
+        ttl,
+    })
 }
 
 /// The longest reason a force-release may give, in characters.
@@ -119,22 +172,28 @@ pub(super) async fn read_release(body: Body) -> Result<Release, ApiError> {
             "a force-release body is {{\"reason\": \"why\", \"by\": \"who\"}} with reason required: {e}"
         ))
     })?;
-    let reason = &release.reason;
-    let blank = |c: char| c <= ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
-    if reason.chars().all(blank) {
-        return Err(ApiError::bad_request(
-            "field 'reason' must say why the lock is force-released".into(),
-        ));
-    }
-    if reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::bad_request(format!(
-            "field 'reason' must be at most {MAX_REASON} characters, without control characters but line breaks"
-        )));
-    }
+    check_reason("reason", &release.reason)?;
     if let Some(by) = &release.by {
         names::check_text("field 'by'", by).map_err(ApiError::bad_request)?;
     }
     Ok(release)
+}
+
+/// Checks a reason (or a note): it says something, in at most [`MAX_REASON`] characters
+/// without control characters but line breaks.
+fn check_reason(field: &str, reason: &str) -> Result<(), ApiError> {
+    let blank = |c: char| c <= ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+    if reason.chars().all(blank) {
+        return Err(ApiError::bad_request(format!(
+            "field '{field}' must say why"
+        )));
+    }
+    if reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::bad_request(format!(
+            "field '{field}' must be at most {MAX_REASON} characters, without control characters but line breaks"
+        )));
+    }
+    Ok(())
 }
 
 /// The lock name and request id of `/lock/{name}/queue/{id}`, if the path is one.
@@ -191,6 +250,9 @@ fn parse_wait(value: &str) -> Option<Duration> {
         _ => None,
     }
 }
+
+/// The actions of `POST /lock/{name}/{action}`.
+pub(super) const ACTIONS: [&str; 3] = ["renew", "force-release", "reserve"];
 
 /// The lock name and action of `POST /lock/{name}/{action}`.
 pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {
@@ -289,6 +351,8 @@ struct ClaimBody<'a> {
     ttl: Option<TtlValue<'a>>,
     #[serde(default, deserialize_with = "some_owner")]
     owner: Option<Owner>,
+    #[serde(borrow, default, deserialize_with = "some_text")]
+    hold: Option<Cow<'a, str>>,
 }
 
 /// A `ttl` as sent: a duration string or a number of seconds.
@@ -387,6 +451,7 @@ impl<'a> ClaimBody<'a> {
         Ok(Claim {
             ttl: self.ttl.map(ttl_from).transpose()?,
             owner: self.owner.map(owner_from).transpose()?,
+            hold: self.hold.as_deref().map(hold_from).transpose()?,
             ..claim
         })
     }
@@ -490,11 +555,28 @@ fn parse_claim_value(bytes: &[u8]) -> Result<Claim, String> {
             ));
         }
     };
+    let hold = match fields.get("hold") {
+        None => None,
+        Some(Value::String(s)) => Some(hold_from(s)?),
+        Some(other) => {
+            return Err(format!(
+                "field 'hold' must be \"build\" or \"until_unlocked\", not {}",
+                json_type(other)
+            ));
+        }
+    };
     Ok(Claim {
         ttl,
         owner,
+        hold,
         ..claim
     })
+}
+
+/// Reads a `hold`: `build` or `until_unlocked`.
+fn hold_from(name: &str) -> Result<Hold, String> {
+    Hold::parse(name)
+        .ok_or_else(|| format!("field 'hold' ({name:?}) must be \"build\" or \"until_unlocked\""))
 }
 
 /// The request's `Idempotency-Key` header, if it has one: retries of one request share it, so
@@ -572,13 +654,14 @@ mod tests {
         /// claim, or the same error.
         #[test]
         fn the_fast_path_agrees_with_the_slow_one(
-            fields in proptest::collection::vec((0..8usize, 0..13usize), 0..6)
+            fields in proptest::collection::vec((0..9usize, 0..15usize), 0..6)
         ) {
-            let names = ["key", "locked_by", "lock_by", "requestor", "other", "key", "ttl", "owner"];
+            let names = ["key", "locked_by", "lock_by", "requestor", "other", "key", "ttl", "owner", "hold"];
             let values = [
                 json!("k"), json!("r"), json!(""), json!("a\u{0}b"), json!(null), json!(1),
                 json!({"x": "y"}), json!("x".repeat(600)), json!("90s"), json!(-1.5),
                 json!("1h 30m"), json!({"job": "deploy", "build": "42"}), json!({"n": 1}),
+                json!("build"), json!("until_unlocked"),
             ];
             let mut body = String::from("{");
             for (i, (n, v)) in fields.iter().enumerate() {

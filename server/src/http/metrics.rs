@@ -13,12 +13,13 @@ use super::answer::error_response;
 use crate::metrics::{CONTENT_TYPE, Metrics};
 
 /// The routes without a lock name in them, counted under their own path.
-const FIXED_ROUTES: [&str; 5] = [
+const FIXED_ROUTES: [&str; 6] = [
     "/healthz",
     "/openapi.yaml",
     "/metrics",
     "/locks",
     "/history",
+    "/events",
 ];
 
 /// `GET /metrics`: every metric in the Prometheus text format.
@@ -66,6 +67,8 @@ fn route(path: &str) -> &'static str {
         "/lock/{name}/renew"
     } else if rest.ends_with("/force-release") {
         "/lock/{name}/force-release"
+    } else if rest.ends_with("/reserve") {
+        "/lock/{name}/reserve"
     } else if rest.ends_with("/history") {
         "/lock/{name}/history"
     } else {
@@ -84,11 +87,13 @@ mod tests {
             ("/lock/a%2Fb", "/lock/{name}"),
             ("/lock/staging/renew", "/lock/{name}/renew"),
             ("/lock/staging/force-release", "/lock/{name}/force-release"),
+            ("/lock/staging/reserve", "/lock/{name}/reserve"),
             ("/lock/staging/history", "/lock/{name}/history"),
             ("/lock/staging/queue/req-1", "/lock/{name}/queue/{id}"),
             ("/locks", "/locks"),
             ("/history", "/history"),
             ("/metrics", "/metrics"),
+            ("/events", "/events"),
             ("/healthz", "/healthz"),
             ("/openapi.yaml", "/openapi.yaml"),
             ("/staging", "other"),

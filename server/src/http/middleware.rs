@@ -36,7 +36,10 @@ pub(super) async fn allow_header<E: Endpoint<Output = Response>>(
     req: Request,
 ) -> poem::Result<Response> {
     let path = req.uri().path();
-    let allow = if path.starts_with("/lock/") && path.ends_with("/renew") {
+    let action = super::body::ACTIONS
+        .iter()
+        .any(|a| path.ends_with(&format!("/{a}")));
+    let allow = if path.starts_with("/lock/") && action {
         "POST"
     } else if path.starts_with("/lock/") && path.contains("/queue/") {
         "DELETE"

@@ -18,12 +18,14 @@ use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
 use serde_json::json;
 
 use crate::clock::Clock;
+use crate::concourse::Watch;
+use crate::config::Concourse;
 use crate::domain::{Claim, Op, Verdict};
 use crate::metrics::Metrics;
 use crate::net::peers::Peers;
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 use answer::{
-    LockJson, QueueJson, decision_response, error_response, json_response, withdrawal_response,
+    LockJson, ReadView, decision_response, error_response, json_response, withdrawal_response,
 };
 use body::{
     history_page, history_path, lock_action, lock_name, queue_path, read_claim, read_release,
@@ -43,6 +45,10 @@ pub(crate) struct Api {
     pub(crate) waiting: Waiting,
     pub(crate) peers: Peers,
     pub(crate) metrics: Arc<Metrics>,
+    /// The Concourse whose builds claims may be held for, if the server watches one.
+    pub(crate) concourse: Option<Concourse>,
+    /// What the build watcher learnt, if it runs.
+    pub(crate) watch: Option<Watch>,
 }
 
 /// How long a lock request may wait in a queue, and how long its place outlives it.
@@ -62,6 +68,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .at("/metrics", get(metrics::scrape))
         .at("/locks", get(list_locks))
         .at("/history", get(all_history))
+        .at("/events", get(events))
         .at(
             "/lock/*name",
             get(show_lock)
@@ -110,8 +117,35 @@ fn list_locks(api: Data<&Arc<Api>>) -> Response {
         .content_type("application/json")
         .body(Body::from_bytes_stream(answer::locks_json_stream(
             snapshot,
+            api.watch.as_ref().map(Watch::seen),
             api.clock.now(),
         )))
+}
+
+/// How long changes are gathered into one event: a burst of commits makes one refresh.
+const EVENT_COALESCE: Duration = Duration::from_millis(200);
+
+/// `GET /events`: server-sent events, `change` with `{"revision": N}` right away and then
+/// whenever the lock table (its locks or its queues) changes, at most one per
+/// [`EVENT_COALESCE`]; the stream ends when the server stops.
+#[handler]
+fn events(api: Data<&Arc<Api>>) -> poem::web::sse::SSE {
+    use futures_util::StreamExt;
+    use poem::web::sse::{Event, SSE};
+    let changes = api.store.subscribe();
+    let stopping = api.store.stopping();
+    let first = changes.borrow().revision;
+    let later = futures_util::stream::unfold(changes, |mut changes| async move {
+        changes.changed().await.ok()?;
+        tokio::time::sleep(EVENT_COALESCE).await;
+        let revision = changes.borrow_and_update().revision;
+        Some((revision, changes))
+    });
+    let revisions = futures_util::stream::once(async move { first }).chain(later);
+    let stream = revisions
+        .map(|revision| Event::message(format!("{{\"revision\":{revision}}}")).event_type("change"))
+        .take_until(stopping);
+    SSE::new(stream).keep_alive(Duration::from_secs(15))
 }
 
 /// `GET /history?limit=N&before=ID`: the latest changes to every lock, newest first.
@@ -137,11 +171,15 @@ fn show_lock(req: &Request, api: Data<&Arc<Api>>) -> Response {
     match lock_name(req) {
         Ok(name) => {
             let snapshot = api.store.snapshot();
+            let seen = api.watch.as_ref().map(Watch::seen);
             let now = api.clock.now();
             let lock = snapshot.lock(&name).as_of(now);
             json_response(
                 StatusCode::OK,
-                &LockJson(&lock, Some(QueueJson::of(snapshot.queue(&name), now))),
+                &LockJson(
+                    &lock,
+                    Some(ReadView::of(snapshot.queue(&name), seen.as_deref(), now)),
+                ),
             )
         }
         Err(e) => e.into_response(),
@@ -233,10 +271,11 @@ async fn lock_action_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) ->
     match lock_action(req) {
         Ok((name, "renew")) => change(req, body, &api, name, Op::Renew).await,
         Ok((name, "force-release")) => force_release(req, body, &api, name).await,
+        Ok((name, "reserve")) => reserve(req, body, &api, name).await,
         Ok((_, action)) => error_response(
             StatusCode::NOT_FOUND,
             &format!(
-                "no such action '{action}' on a lock (expected POST /lock/NAME/renew or /lock/NAME/force-release)"
+                "no such action '{action}' on a lock (expected POST /lock/NAME/renew, /lock/NAME/force-release or /lock/NAME/reserve)"
             ),
         ),
         Err(e) => e.into_response(),
@@ -245,17 +284,8 @@ async fn lock_action_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) ->
 
 /// `POST /lock/{name}/force-release`: an operator frees a stuck lock, saying why.
 async fn force_release(req: &Request, body: Body, api: &Api, name: String) -> Response {
-    if req.extensions().get::<Role>() != Some(&Role::Admin) {
-        if req
-            .headers()
-            .contains_key(poem::http::header::AUTHORIZATION)
-        {
-            return error_response(
-                StatusCode::FORBIDDEN,
-                "force-release needs the operators' credentials (ADMIN_USER and ADMIN_PASS)",
-            );
-        }
-        return middleware::unauthorized();
+    if let Some(refused) = refuse_unless_admin(req, "force-release") {
+        return refused;
     }
     let release = match (request_id(req), read_release(body).await) {
         (Ok(request_id), Ok(release)) => (request_id, release),
@@ -284,6 +314,66 @@ async fn force_release(req: &Request, body: Body, api: &Api, name: String) -> Re
         }
         Err(e) => store_error(&e),
     }
+}
+
+/// `POST /lock/{name}/reserve`: an operator takes a free lock by hand, with a note and a ttl:
+/// an ordinary lock (key `reserved-by:BY`, requestor BY, owner `reserved_by` and `note`) that
+/// shows, expires and is released like any other.
+async fn reserve(req: &Request, body: Body, api: &Api, name: String) -> Response {
+    if let Some(refused) = refuse_unless_admin(req, "reserve") {
+        return refused;
+    }
+    let (request_id, reservation) = match (request_id(req), body::read_reservation(body).await) {
+        (Ok(request_id), Ok(reservation)) => (request_id, reservation),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let by = reservation
+        .by
+        .or_else(|| basic_user(req))
+        .unwrap_or_else(|| "anonymous".to_owned());
+    let owner = crate::domain::Owner::from([
+        ("reserved_by".to_owned(), by.clone()),
+        ("note".to_owned(), reservation.note.clone()),
+    ]);
+    let claim = Claim {
+        request_id,
+        ttl: Some(reservation.ttl),
+        owner: Some(owner),
+        reason: Some(reservation.note),
+        client: client_address(req),
+        ..Claim::new(format!("reserved-by:{by}"), by)
+    };
+    let claim = match api.leases.settle(Op::Reserve, claim) {
+        Ok(claim) => claim,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
+    };
+    let request = LockRequest {
+        name: name.clone(),
+        op: Op::Reserve,
+        claim: claim.clone(),
+    };
+    match api.store.submit(request).await {
+        Ok(decision) => decision_response(&name, &claim, &decision),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// The answer for a request without the operators' rights to `action`, if it has none: 401
+/// without credentials, 403 with the API's.
+fn refuse_unless_admin(req: &Request, action: &str) -> Option<Response> {
+    if req.extensions().get::<Role>() == Some(&Role::Admin) {
+        return None;
+    }
+    if req
+        .headers()
+        .contains_key(poem::http::header::AUTHORIZATION)
+    {
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            &format!("{action} needs the operators' credentials (ADMIN_USER and ADMIN_PASS)"),
+        ));
+    }
+    Some(middleware::unauthorized())
 }
 
 /// The client's IP address, for the history.
@@ -326,9 +416,17 @@ async fn read_request(req: &Request, body: Body, api: &Api, op: Op) -> Result<Cl
         },
         (Err(e), _) | (_, Err(e)) => return Err(e.into_response()),
     };
-    api.leases
+    let claim = api
+        .leases
         .settle(op, claim)
-        .map_err(|message| error_response(StatusCode::BAD_REQUEST, &message))
+        .map_err(|message| error_response(StatusCode::BAD_REQUEST, &message))?;
+    if claim.hold == Some(crate::domain::Hold::Build)
+        && let Some(refused) =
+            crate::concourse::refuse_hold(claim.owner.as_ref(), api.concourse.as_ref())
+    {
+        return Err(error_response(StatusCode::BAD_REQUEST, &refused));
+    }
+    Ok(claim)
 }
 
 /// 503: nothing was decided (the change could not be saved, or the server is stopping).

@@ -76,6 +76,8 @@ pub struct LockStore {
     jobs: mpsc::Sender<Message>,
     published: watch::Receiver<LockTable>,
     polls: Arc<AtomicU64>,
+    /// Set when the server stops: long-lived answers (waits, event streams) end.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl LockStore {
@@ -115,11 +117,13 @@ impl LockStore {
                 }
             })?;
         let polls = Arc::new(AtomicU64::new(1));
+        let stopping = Arc::new(watch::channel(false).0);
         Ok((
             LockStore {
                 jobs,
                 published,
                 polls,
+                stopping,
             },
             writer,
         ))
@@ -173,7 +177,16 @@ impl LockStore {
     /// Answers every waiting poll with [`StoreError::Stopped`], and every later one at once:
     /// the server is stopping.
     pub fn stop_waiters(&self) {
+        self.stopping.send_replace(true);
         let _ = self.jobs.send(Message::StopWaiters);
+    }
+
+    /// Completes once the server is stopping ([`LockStore::stop_waiters`]).
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
     }
 
     /// The latest published (durable) table; holding it blocks nobody.
@@ -182,13 +195,6 @@ impl LockStore {
     }
 
     /// A receiver that is told of every newly published table.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the dashboard's live updates (issue 13) are its first users"
-        )
-    )]
     pub fn subscribe(&self) -> watch::Receiver<LockTable> {
         self.published.clone()
     }

@@ -1,8 +1,10 @@
 //! Integration tests: each starts the real `locker` binary and talks HTTP to it.
 
 mod auth_tls;
+mod build_watch;
 mod cli;
 mod concurrency;
+mod events;
 mod force_release;
 mod history;
 mod in_process;
@@ -11,6 +13,7 @@ mod locks;
 mod metrics;
 mod persistence;
 mod queue;
+mod reserve;
 mod retries;
 mod startup;
 

@@ -14,15 +14,17 @@ use crate::body;
 const PREFIX: &str = "metrics-lock-";
 
 /// The routes a request may be counted under.
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 13] = [
     "/healthz",
     "/openapi.yaml",
     "/metrics",
     "/locks",
     "/history",
+    "/events",
     "/lock/{name}",
     "/lock/{name}/renew",
     "/lock/{name}/force-release",
+    "/lock/{name}/reserve",
     "/lock/{name}/history",
     "/lock/{name}/queue/{id}",
     "other",

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use locker_protocol::timestamp;
 
-use crate::domain::{Holder, Holders, Lock, Owner, REMEMBERED_REQUESTS};
+use crate::domain::{Hold, Holder, Holders, Lock, Owner, REMEMBERED_REQUESTS};
 
 /// A lock as stored, in the state file or a journal record: version 2 lists `holders`;
 /// version 1 (and the journal records it wrote) had only `locked_by`, requestor to count.
@@ -52,6 +52,9 @@ struct StoredHolder {
     /// `[[name, value], ...]`: pairs, not a map, because YAML parsers limit a key to 1,024
     /// characters and an owner's names are the client's.
     owner: Option<Vec<(String, String)>>,
+    /// `"build"` for a claim held while its build runs; absent: until unlocked.
+    #[serde(default)]
+    hold: Option<String>,
 }
 
 fn parse_time(field: &str, text: Option<String>) -> Result<Option<SystemTime>, String> {
@@ -141,6 +144,12 @@ impl StoredHolder {
                     owner
                 }
             },
+            hold: match self.hold.as_deref() {
+                None => Hold::UntilUnlocked,
+                Some(name) => Hold::parse(name).ok_or_else(|| {
+                    format!("{what}: hold '{name}' is not build or until_unlocked")
+                })?,
+            },
             requestor: self.requestor,
             count: self.count,
         })
@@ -225,6 +234,9 @@ impl Serialize for HolderView<'_> {
         if !h.owner.is_empty() {
             let pairs: Vec<(&String, &String)> = h.owner.iter().collect();
             map.serialize_entry("owner", &pairs)?;
+        }
+        if h.hold != Hold::UntilUnlocked {
+            map.serialize_entry("hold", h.hold.as_str())?;
         }
         map.end()
     }
