@@ -19,6 +19,7 @@ use crate::concourse::client::ConcourseClient;
 use crate::config::Concourse;
 use crate::config::Config;
 use crate::http;
+use crate::metrics::Metrics;
 use crate::net::connection::{self, Limited};
 use crate::net::peers::{PeerAcceptor, Peers};
 use crate::net::tls::{TlsAcceptor, load_tls};
@@ -93,8 +94,9 @@ impl Builder {
             None => (tcp.boxed(), "http"),
         };
         log_start(&config, &backend, format, scheme, address);
-        let (store, writer) =
-            LockStore::start(backend, self.clock.clone()).map_err(ServerError::Serve)?;
+        let metrics = Arc::new(Metrics::new());
+        let (store, writer) = LockStore::start(backend, self.clock.clone(), metrics.clone())
+            .map_err(ServerError::Serve)?;
         let watcher = config
             .concourse
             .clone()
@@ -113,6 +115,7 @@ impl Builder {
             writer,
             head_timeout: self.head_timeout,
             peers,
+            metrics,
             watcher,
         })
     }
@@ -130,6 +133,7 @@ pub struct Application {
     clock: Arc<dyn Clock>,
     writer: JoinHandle<()>,
     head_timeout: Duration,
+    metrics: Arc<Metrics>,
     /// The build watcher, when the server watches a Concourse.
     watcher: Option<(ConcourseClient, Concourse, Watch)>,
 }
@@ -189,12 +193,14 @@ impl Application {
                 grace: self.config.queue_grace,
             },
             peers: self.peers,
+            metrics: self.metrics,
             concourse: self.config.concourse.clone(),
             watch,
         };
         let access = http::Access {
             user: self.config.auth.clone(),
             admin: self.config.admin.clone(),
+            metrics_public: self.config.metrics_public,
         };
         let app = http::app(api, access);
         let acceptor = Limited::new(

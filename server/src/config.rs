@@ -48,6 +48,8 @@ Server environment (locker without a command):
                  wait is cut to it (default: 60s, at most 1h)
   LOCKER_QUEUE_GRACE how long a waiter with an Idempotency-Key keeps its place (and a
                  grant made to it) after its request ends (default: 30s)
+  LOCKER_METRICS_PUBLIC  true: GET /metrics needs no credentials, for a Prometheus
+                 that scrapes without them (default: false, protected like the API)
   RUST_LOG       log filter (default: info)
 
 An empty variable counts as unset.
@@ -152,6 +154,8 @@ pub struct Config {
     pub queue_grace: Duration,
     /// How many history entries are kept.
     pub history_max: usize,
+    /// True when `/metrics` is served without credentials.
+    pub metrics_public: bool,
     /// Where to ask whether builds still run; `None`: claims cannot be held for a build.
     pub concourse: Option<Concourse>,
 }
@@ -232,6 +236,10 @@ impl Config {
                 }
             },
         };
+        let metrics_public = match var("LOCKER_METRICS_PUBLIC") {
+            None => false,
+            Some(v) => flag("LOCKER_METRICS_PUBLIC", &v)?,
+        };
         let concourse = concourse(&var)?;
         Ok(Config {
             state_file,
@@ -245,6 +253,7 @@ impl Config {
             max_wait,
             queue_grace,
             history_max,
+            metrics_public,
             concourse,
         })
     }
@@ -263,6 +272,15 @@ fn duration(name: &str, value: &str) -> Result<Duration, String> {
         Err(e) => Err(format!(
             "{name}={value:?} is not a duration ({e}); write it like 90s, 30m, 12h or 7d"
         )),
+    }
+}
+
+/// A yes-or-no variable: `true` or `false`.
+fn flag(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{name}={value:?} is not true or false")),
     }
 }
 
@@ -403,6 +421,23 @@ mod tests {
         for ((name, value), expected) in cases {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.contains(expected), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_protected_unless_said_public() {
+        assert!(!config(&[]).unwrap().metrics_public, "protected by default");
+        for (value, public) in [("true", true), ("false", false), (" TRUE ", true)] {
+            let c = config(&[("LOCKER_METRICS_PUBLIC", value)]).unwrap();
+            assert_eq!(c.metrics_public, public, "{value:?}");
+        }
+        for bad in ["yes", "1", "on", "public"] {
+            let err = config(&[("LOCKER_METRICS_PUBLIC", bad)]).unwrap_err();
+            assert_eq!(
+                err,
+                format!("LOCKER_METRICS_PUBLIC={bad:?} is not true or false"),
+                "a value that is neither says so"
+            );
         }
     }
 

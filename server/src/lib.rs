@@ -9,6 +9,7 @@
 //! - `http`: the HTTP API (poem), wire-compatible with the original server; it owns its JSON.
 //! - `dashboard`: the operators' page at `/` (HTML, CSS and JavaScript embedded in the binary),
 //!   which reads and changes locks through the API like any other client.
+//! - `metrics`: what the server counts for monitoring, served as `GET /metrics`.
 //! - `net`: listening, TLS, and limits on slow clients and on connections.
 //! - [`app`]: builds the server from a configuration and a port, then serves it.
 //! - [`config`]: configuration from the environment.
@@ -27,6 +28,7 @@ mod dashboard;
 pub mod domain;
 pub mod healthcheck;
 mod http;
+mod metrics;
 mod net;
 mod pem;
 mod store;

@@ -5,6 +5,7 @@
 //! HTTP to it and returns status and JSON. [`TestCa`] makes certificates for TLS tests.
 //! [`process`] has what the benchmark shares with them: finding the binaries, a free port, the
 //! command that starts `locker`, and stopping a process.
+//! [`prometheus::Scrape`] reads `/metrics` with the Prometheus project's own parser.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod process;
+pub mod prometheus;
 
 use process::{Build, find_bins, locker_command, terminate};
 

@@ -705,8 +705,9 @@ impl LockTable {
         }
     }
 
-    /// Takes in the changes of a batch that has been made durable.
-    pub fn commit(&mut self, changes: Changes) {
+    /// Takes in the changes of a batch that has been made durable; returns the history entries
+    /// they recorded (shared with the table's history, which may keep fewer of them).
+    pub fn commit(&mut self, changes: Changes) -> Vec<Arc<Entry>> {
         self.revision = changes.revision;
         let Changes {
             mut locks,
@@ -714,9 +715,10 @@ impl LockTable {
             history,
             ..
         } = changes;
-        for entry in history {
+        let recorded: Vec<Arc<Entry>> = history.into_iter().map(Arc::new).collect();
+        for entry in &recorded {
             self.history_id = self.history_id.max(entry.id);
-            self.history.push_back(Arc::new(entry));
+            self.history.push_back(entry.clone());
         }
         self.trim_history();
         for (name, queue) in queues {
@@ -726,6 +728,7 @@ impl LockTable {
         for (name, lock) in locks {
             self.update(Arc::from(name), Some(lock), None);
         }
+        recorded
     }
 
     /// Adds a lock read from storage (replacing one of the same name).

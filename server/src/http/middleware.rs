@@ -104,6 +104,8 @@ pub(super) async fn refuse_cross_site<E: Endpoint<Output = Response>>(
 pub(crate) struct Access {
     pub(crate) user: Option<Credentials>,
     pub(crate) admin: Option<Credentials>,
+    /// True when `/metrics` needs no credentials (`LOCKER_METRICS_PUBLIC`).
+    pub(crate) metrics_public: bool,
 }
 
 /// What a request may do, as its credentials say; in the request's extensions.
@@ -114,8 +116,9 @@ pub(super) enum Role {
     Admin,
 }
 
-/// Asks for basic auth on every path but `/healthz`, when credentials are configured, and
-/// notes the request's [`Role`]. The admin credentials are good for everything.
+/// Asks for basic auth on every path but `/healthz` (and `/metrics` if it is public), when
+/// credentials are configured, and notes the request's [`Role`]. The admin credentials are good
+/// for everything.
 pub(super) async fn authenticate<E: Endpoint<Output = Response>>(
     ep: Arc<E>,
     mut req: Request,
@@ -130,7 +133,9 @@ pub(super) async fn authenticate<E: Endpoint<Output = Response>>(
             .user
             .as_ref()
             .is_none_or(|user| authorized(&req, user));
-    if !user && req.uri().path() != "/healthz" {
+    let path = req.uri().path();
+    let public = path == "/healthz" || (access.metrics_public && path == "/metrics");
+    if !user && !public {
         return Ok(unauthorized());
     }
     let role = if admin || access.admin.is_none() {

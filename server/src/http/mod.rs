@@ -6,10 +6,11 @@
 
 mod answer;
 mod body;
+mod metrics;
 mod middleware;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -19,7 +20,8 @@ use serde_json::json;
 use crate::clock::Clock;
 use crate::concourse::Watch;
 use crate::config::Concourse;
-use crate::domain::{Claim, Op};
+use crate::domain::{Claim, Op, Verdict};
+use crate::metrics::Metrics;
 use crate::net::peers::Peers;
 use crate::store::{LockStore, Request as LockRequest, StoreError};
 use answer::{
@@ -42,6 +44,7 @@ pub(crate) struct Api {
     pub(crate) leases: Leases,
     pub(crate) waiting: Waiting,
     pub(crate) peers: Peers,
+    pub(crate) metrics: Arc<Metrics>,
     /// The Concourse whose builds claims may be held for, if the server watches one.
     pub(crate) concourse: Option<Concourse>,
     /// What the build watcher learnt, if it runs.
@@ -58,11 +61,13 @@ pub(crate) struct Waiting {
 /// Builds the whole HTTP application.
 pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> {
     let access = Arc::new(access);
+    let counted = api.metrics.clone();
     Route::new()
         .at("/", get(crate::dashboard::index))
         .at("/dashboard/*path", get(crate::dashboard::file))
         .at("/healthz", get(healthz))
         .at("/openapi.yaml", get(openapi))
+        .at("/metrics", get(metrics::scrape))
         .at("/locks", get(list_locks))
         .at("/history", get(all_history))
         .at("/events", get(events))
@@ -90,6 +95,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .around(middleware::refuse_cross_site)
         .around(middleware::read_body_first)
         .around(middleware::allow_header)
+        .around(move |ep, req| metrics::count_request(ep, req, counted.clone()))
         .around(middleware::access_log)
 }
 
@@ -240,6 +246,7 @@ async fn unlock_handler(req: &Request, body: Body, api: Data<&Arc<Api>>) -> Resp
 
 /// A lock request that waits in the lock's queue for at most `wait`.
 async fn wait_for(req: &Request, body: Body, api: &Api, name: String, wait: Duration) -> Response {
+    let arrived = Instant::now();
     let claim = match read_request(req, body, api, Op::Lock).await {
         Ok(claim) => claim,
         Err(response) => return response,
@@ -257,7 +264,12 @@ async fn wait_for(req: &Request, body: Body, api: &Api, name: String, wait: Dura
     };
     tokio::select! {
         decided = decided => match decided {
-            Ok(decision) => decision_response(&name, &claim, &decision),
+            Ok(decision) => {
+                if decision.verdict == Verdict::Acquired {
+                    api.metrics.waited(arrived.elapsed());
+                }
+                decision_response(&name, &claim, &decision)
+            }
             Err(e) => store_error(&e),
         },
         () = gone => error_response(

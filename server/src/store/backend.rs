@@ -2,9 +2,10 @@
 //! commits it as one durable unit.
 
 use std::io;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::domain::{Claim, Decision, LockTable, Op, PollAnswer};
+use crate::domain::{Claim, Decision, Entry, LockTable, Op, PollAnswer};
 
 /// Where batches are decided and made durable: the seam between the lock rules and storage.
 ///
@@ -45,6 +46,8 @@ pub struct Committed {
     pub answers: Vec<PollAnswer>,
     /// True when the table changed (a lock or a queue): there is a new table to publish.
     pub changed: bool,
+    /// The history entries of the batch's changes, in order (for the metrics).
+    pub history: Vec<Arc<Entry>>,
 }
 
 /// One request to change a lock.

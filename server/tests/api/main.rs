@@ -11,6 +11,7 @@ mod history;
 mod in_process;
 mod leases;
 mod locks;
+mod metrics;
 mod persistence;
 mod queue;
 mod reserve;

@@ -44,6 +44,7 @@ fn help_lists_every_variable_and_version_prints() {
         "AUTH_PASS",
         "SSL_CERT",
         "SSL_KEY",
+        "LOCKER_METRICS_PUBLIC",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
@@ -83,6 +84,10 @@ fn bad_configuration_stops_start_up_with_one_clear_line() {
     let mut options = Options::default();
     options.env.push(("PORT".into(), "70000".into()));
     refuses(options, "PORT=\"70000\" is not a port number");
+    refuses(
+        Options::default().env("LOCKER_METRICS_PUBLIC", "yes"),
+        "LOCKER_METRICS_PUBLIC=\"yes\" is not true or false",
+    );
 }
 
 #[test]

@@ -25,8 +25,9 @@ fn server() -> Locker {
 }
 
 /// Every route and method, with a body where one is expected.
-const ENDPOINTS: [(&str, &str); 9] = [
+const ENDPOINTS: [(&str, &str); 10] = [
     ("GET", "/locks"),
+    ("GET", "/metrics"),
     ("GET", "/lock/a"),
     ("PUT", "/lock/a"),
     ("DELETE", "/lock/a"),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use locker_testkit::prometheus::Scrape;
 use locker_testkit::{Client, Locker, Options};
 use serde_json::Value;
 
@@ -302,4 +303,47 @@ fn failing_fsyncs_answer_503_and_no_refused_change_survives_a_crash() {
     for i in 0..20 {
         assert_eq!(holder(&server, &format!("refused-{i}")), "", "refused-{i}");
     }
+}
+
+/// The metrics count what a failing disk refused: every 503, every batch that was tried, and
+/// no grant for a change that was not saved.
+///
+/// Broken on purpose (tried): with `Metrics::request` not counting 503s, this test fails
+/// (`locker_unavailable_total` 0, not 3).
+#[test]
+fn refused_changes_count_as_503s_not_as_grants() {
+    const TEST: &str = "refused_changes_count_as_503s_not_as_grants";
+    let Some((disk, server)) = server_on_faulty_disk(TEST) else {
+        return;
+    };
+    disk.set(Fault::FailingSync);
+    for i in 0..3 {
+        assert_not_persisted(put(&server, &format!("refused-{i}"), "k2"), "fsync fails");
+    }
+    disk.set(Fault::None);
+
+    let (status, text) = Client::new().get(&server.url("/metrics"));
+    assert_eq!(status, 200, "{text}");
+    let scrape = Scrape::parse(text.as_str().expect("the metrics are text"));
+    assert_eq!(scrape.value("locker_unavailable_total", &[]), 3.0);
+    assert_eq!(
+        scrape.value("locker_grants_total", &[]),
+        1.0,
+        "only the lock taken while the disk was healthy was granted"
+    );
+    assert_eq!(scrape.value("locker_locks_held", &[]), 1.0);
+    let batches = scrape.histogram("locker_commit_batch_size", &[]);
+    assert_eq!(
+        batches.sum, 4.0,
+        "the refused batches were decided, and counted, too: {batches:?}"
+    );
+    let refused = scrape.histogram(
+        "locker_http_request_duration_seconds",
+        &[
+            ("route", "/lock/{name}"),
+            ("method", "PUT"),
+            ("status", "503"),
+        ],
+    );
+    assert_eq!(refused.count, 3.0);
 }

@@ -72,13 +72,16 @@ impl Backend for FileBackend {
         }
         let answers = std::mem::take(&mut changes.answers);
         let changed = !changes.is_empty();
-        if changed {
-            self.table.commit(changes);
-        }
+        let history = if changed {
+            self.table.commit(changes)
+        } else {
+            Vec::new()
+        };
         Ok(Committed {
             decisions,
             answers,
             changed,
+            history,
         })
     }
 
