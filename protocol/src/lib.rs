@@ -77,6 +77,19 @@ pub struct Holder {
     /// Who the claims are for (`team`, `pipeline`, `job`, `build`, `build_url`, ...).
     #[serde(default, deserialize_with = "null_as_default")]
     pub owner: BTreeMap<String, String>,
+    /// How long the claims are held besides a lease: `until_unlocked`, or `build` (the server
+    /// releases them once the build in `owner.build_id` has finished); `None` from a server
+    /// that predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+    /// For a claim held for its build: the build's status when the server last asked
+    /// Concourse (`started`, `succeeded`, ...); `None` until it has asked, and in the answers
+    /// to changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_status: Option<String>,
+    /// When the server last asked about the build (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_checked_at: Option<String>,
 }
 
 /// Reads `null` as the type's default.

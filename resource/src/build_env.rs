@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use locker_protocol::{MAX_OWNER_BYTES, MAX_OWNER_FIELDS};
+use locker_protocol::{MAX_OWNER_BYTES, MAX_OWNER_FIELDS, MAX_OWNER_VALUE};
 
 /// Concourse's build variables; the job and pipeline ones are absent in one-off builds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,8 +103,9 @@ impl BuildEnv {
     /// `build_url` from [`BuildEnv::url`]; empty when nothing is known (then no owner is sent).
     ///
     /// The server refuses an owner whose names and values add up to more than
-    /// [`MAX_OWNER_BYTES`], and values with control characters; such a field is left out, so
-    /// that an odd name costs a detail of the log, not the lock.
+    /// [`MAX_OWNER_BYTES`], values longer than [`MAX_OWNER_VALUE`] (a `build_url` with an
+    /// instanced pipeline's vars can be) and values with control characters; such a field is
+    /// left out, so that an odd name costs a detail of the log, not the lock.
     pub fn owner(&self) -> BTreeMap<String, String> {
         let known = OWNER_FIELDS.iter().filter_map(|(field, variable)| {
             let value = match *variable {
@@ -112,7 +113,7 @@ impl BuildEnv {
                 variable => self.variable(variable).cloned(),
             };
             value
-                .filter(|value| !value.contains(char::is_control))
+                .filter(|value| value.len() <= MAX_OWNER_VALUE && !value.contains(char::is_control))
                 .map(|value| (*field, value))
         });
         let mut owner = BTreeMap::new();
@@ -376,6 +377,23 @@ mod tests {
         );
         assert!(!owner.contains_key("job"), "the field too long is left out");
         assert_eq!(owner.get("team").map(String::as_str), Some("main"));
+
+        let vars = format!(r#"{{"branch":"{}"}}"#, "b".repeat(MAX_OWNER_VALUE));
+        let instanced = env(&[
+            ("BUILD_ID", "7"),
+            ("BUILD_NAME", "1"),
+            ("BUILD_JOB_NAME", "j"),
+            ("BUILD_PIPELINE_NAME", "p"),
+            ("BUILD_TEAM_NAME", "t"),
+            ("BUILD_PIPELINE_INSTANCE_VARS", &vars),
+            ("ATC_EXTERNAL_URL", "https://ci"),
+        ]);
+        let owner = instanced.owner();
+        assert!(
+            !owner.contains_key("build_url"),
+            "a link longer than the server takes ({MAX_OWNER_VALUE} bytes) is left out"
+        );
+        assert_eq!(owner.get("build_id").map(String::as_str), Some("7"));
 
         let odd = env(&[("BUILD_NAME", "4\n2"), ("BUILD_ID", "7")]).owner();
         assert_eq!(

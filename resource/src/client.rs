@@ -9,8 +9,9 @@
 //!
 //! The lock is read from the server's JSON with every field optional: a server without leases
 //! (the original one, or this one before them) sends no `token` and no `holders`, and the
-//! resource treats them as absent, and a server without a queue sends no `queue`. Request bodies carry `ttl` and `owner` only when there is
-//! one, so a body without them is the one older servers know.
+//! resource treats them as absent, and a server without a queue sends no `queue`. Request
+//! bodies carry `ttl`, `owner` and `hold` only when there is one, so a body without them is the
+//! one older servers know.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -24,7 +25,7 @@ use serde_json::{Map, Value, json};
 use thiserror::Error;
 use ureq::tls::{PemItem, TlsConfig};
 
-use crate::config::{MAX_LOCK_NAME_BYTES, Source};
+use crate::config::{Hold, MAX_LOCK_NAME_BYTES, Source};
 use crate::tls::{self, RefusedCertificate, ServerTrust};
 
 /// How the resource introduces itself to servers.
@@ -90,10 +91,14 @@ pub struct QueuePlace {
 }
 
 /// A holder for a log line: the build when its owner names one,
-/// `main/prod/deploy #12 (https://...) as 'deploy-12' (1 claim)`, else `'deploy-12' (1 claim)`.
+/// `main/prod/deploy #12 (https://...) as 'deploy-12' (1 claim)`, else `'deploy-12' (1 claim)`;
+/// claims held for their build say so: `(1 claim, held until its build finishes)`.
 pub fn describe_holder(holder: &Holder) -> String {
     let build = crate::BuildEnv::from_owner(&holder.owner);
-    let claims = claims_text(holder.count);
+    let mut claims = claims_text(holder.count);
+    if holder.hold.as_deref() == Some(Hold::Build.as_str()) {
+        claims.push_str(", held until its build finishes");
+    }
     if build.is_known() {
         format!("{} as '{}' ({claims})", build.describe(), holder.requestor)
     } else {
@@ -196,13 +201,17 @@ pub struct Claim<'a> {
     /// The claiming build, sent with a `lock` (see [`crate::BuildEnv::owner`]); not sent when
     /// `None` or empty.
     pub owner: Option<&'a BTreeMap<String, String>>,
+    /// How long the claim is held, sent with a `lock` when the pipeline chose; `None` leaves it
+    /// to the server (until unlocked for a new claim, the holder's own for a held one).
+    pub hold: Option<Hold>,
     /// Sent as `Idempotency-Key`: one id for every attempt of one lock, unlock or renew, so
     /// that a retry after a lost answer does not claim or release a second time.
     pub request_id: &'a str,
 }
 
 impl Claim<'_> {
-    /// The request body: `{"key", "locked_by"}`, plus `ttl` and `owner` when there is one.
+    /// The request body: `{"key", "locked_by"}`, plus `ttl`, `owner` and `hold` when there is
+    /// one.
     pub fn body(&self) -> Value {
         let mut body = Map::new();
         body.insert("key".to_owned(), json!(self.key));
@@ -212,6 +221,9 @@ impl Claim<'_> {
         }
         if let Some(owner) = self.owner.filter(|owner| !owner.is_empty()) {
             body.insert("owner".to_owned(), json!(owner));
+        }
+        if let Some(hold) = self.hold {
+            body.insert("hold".to_owned(), json!(hold.as_str()));
         }
         Value::Object(body)
     }
@@ -903,6 +915,7 @@ mod tests {
             locked_by: "r",
             ttl,
             owner,
+            hold: None,
             request_id: "id",
         }
     }
@@ -936,6 +949,37 @@ mod tests {
             claim(Some(Duration::from_millis(1500)), None).body()["ttl"],
             json!("1s 500ms"),
             "a ttl finer than seconds is sent as a duration string"
+        );
+    }
+
+    #[test]
+    fn a_body_carries_the_hold_only_when_one_was_chosen() {
+        for hold in [Hold::Build, Hold::UntilUnlocked] {
+            let claim = Claim {
+                hold: Some(hold),
+                ..claim(None, None)
+            };
+            assert_eq!(
+                claim.body(),
+                json!({"key": "k", "locked_by": "r", "hold": hold.as_str()})
+            );
+        }
+        assert!(
+            claim(None, None).body().get("hold").is_none(),
+            "no hold chosen: none is sent, so older servers get the body they know"
+        );
+    }
+
+    #[test]
+    fn a_holder_held_for_its_build_says_so() {
+        let mut json = leased_lock();
+        json["holders"][0]["hold"] = json!("build");
+        json["holders"][1]["hold"] = json!("until_unlocked");
+        let lock = Lock::from_json(json).unwrap();
+        assert_eq!(
+            lock.holders_text(),
+            "main/prod/deploy #42 (https://ci/teams/main/pipelines/prod/jobs/deploy/builds/42) \
+             as 'a' (1 claim, held until its build finishes), 'b' (2 claims)"
         );
     }
 

@@ -31,6 +31,7 @@ pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(600);
 
 const DURATION_FORMS: &str = "a duration like 500ms, 10s, 5m or 1h";
 const TTL_FORMS: &str = "a duration like 90s, 30m or 2h, or a number of seconds";
+const HOLD_FORMS: &str = "build or until_unlocked";
 
 /// A configuration mistake, worded for the pipeline author.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -112,6 +113,9 @@ pub struct Source {
     /// How long a claim lasts unless renewed, unless a put's params say otherwise; `None`:
     /// claims last until unlocked.
     pub ttl: Option<Duration>,
+    /// How long a lock's claim is held, unless a put's params say otherwise; `None`: the
+    /// server's default, until unlocked.
+    pub hold: Option<Hold>,
 }
 
 /// The keys `source` accepts, in the order an unknown key's message lists them.
@@ -128,6 +132,7 @@ struct SourceKeys {
     retry_delay: Option<WrittenDuration>,
     max_retry_delay: Option<WrittenDuration>,
     ttl: Option<WrittenTtl>,
+    hold: Option<Hold>,
 }
 
 impl Source {
@@ -191,6 +196,7 @@ impl Source {
             lock,
             retry,
             ttl: keys.ttl.map(|WrittenTtl(ttl)| ttl),
+            hold: keys.hold,
         })
     }
 }
@@ -217,6 +223,27 @@ impl LockOp {
     }
 }
 
+/// How long a lock's claims are held, besides a lease: the `hold` of a put's params or of the
+/// source, sent to the server with a `lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Until they are unlocked (or their lease ends): the server's default.
+    UntilUnlocked,
+    /// Also no longer than the build that took them runs: the server asks Concourse about the
+    /// build in the claim's `owner.build_id` and releases them once it has finished.
+    Build,
+}
+
+impl Hold {
+    /// The name used in params, source and the request body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::UntilUnlocked => "until_unlocked",
+            Hold::Build => "build",
+        }
+    }
+}
+
 /// The `params` of a put step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutParams {
@@ -235,6 +262,8 @@ pub struct OutParams {
     pub max_retry_delay: Option<Duration>,
     /// Overrides `source.ttl`; see [`OutParams::lease_ttl`].
     pub ttl: Option<Duration>,
+    /// Overrides `source.hold`; see [`OutParams::hold`].
+    pub hold: Option<Hold>,
 }
 
 /// The keys a put's `params` accepts, in the order an unknown key's message lists them.
@@ -249,6 +278,7 @@ struct OutParamKeys {
     retry_delay: Option<WrittenDuration>,
     max_retry_delay: Option<WrittenDuration>,
     ttl: Option<WrittenTtl>,
+    hold: Option<Hold>,
 }
 
 impl OutParams {
@@ -303,6 +333,22 @@ impl OutParams {
                  (set it on the lock or renew step)",
             ));
         }
+        // A claim keeps the hold it was locked with; these steps send none.
+        match (lock_op, keys.hold) {
+            (LockOp::Unlock, Some(_)) => {
+                return Err(ConfigError::Conflict(
+                    "params.hold has no effect on unlock, which ends the claim: leave it out \
+                     (set it on the lock step)",
+                ));
+            }
+            (LockOp::Renew, Some(_)) => {
+                return Err(ConfigError::Conflict(
+                    "params.hold has no effect on renew: a claim keeps the hold it was locked \
+                     with, so leave it out (set it on the lock step)",
+                ));
+            }
+            _ => {}
+        }
         Ok(Self {
             lock_op,
             key,
@@ -311,7 +357,22 @@ impl OutParams {
             retry_delay,
             max_retry_delay,
             ttl,
+            hold: keys.hold,
         })
+    }
+
+    /// The hold this put asks for, `params.hold` over `source.hold`, and the key that chose it
+    /// (`"params.hold"` or `"source.hold"`), for messages. `lock` sends it when there is one;
+    /// `unlock` and `renew` send none, and a claim keeps the hold it was locked with.
+    pub fn hold(&self, source: &Source) -> Option<(Hold, &'static str)> {
+        if self.lock_op != LockOp::Lock {
+            return None;
+        }
+        match (self.hold, source.hold) {
+            (Some(hold), _) => Some((hold, "params.hold")),
+            (None, Some(hold)) => Some((hold, "source.hold")),
+            (None, None) => None,
+        }
     }
 
     /// The lease this put asks for: `params.ttl` over `source.ttl`. `lock` sends it when there
@@ -525,6 +586,31 @@ impl de::Visitor<'_> for DurationVisitor {
                     quoted(text)
                 ))
             })
+    }
+}
+
+impl<'de> Deserialize<'de> for Hold {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(HoldVisitor)
+    }
+}
+
+/// Reads a [`Hold`]; its own `expecting` makes a number read "must be build or until_unlocked",
+/// not "must be a string".
+struct HoldVisitor;
+
+impl de::Visitor<'_> for HoldVisitor {
+    type Value = Hold;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(HOLD_FORMS)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Hold, E> {
+        [Hold::UntilUnlocked, Hold::Build]
+            .into_iter()
+            .find(|hold| hold.as_str() == text)
+            .ok_or_else(|| E::custom(format!("must be {HOLD_FORMS} (got {})", quoted(text))))
     }
 }
 

@@ -85,6 +85,28 @@ pub enum Error {
         /// The server's answer.
         cause: RequestError,
     },
+    /// A lock held for its build (`hold: build`) where nothing names the build: checked
+    /// before anything is sent.
+    #[error(
+        "{key} is build, but this put has no {missing} (Concourse's build variables), so the \
+         server could not ask Concourse when the build finishes: run the put as a step of a \
+         Concourse build, or hold until_unlocked"
+    )]
+    HoldWithoutBuild {
+        /// `params.hold` or `source.hold`.
+        key: &'static str,
+        /// The variables missing: `BUILD_ID`, `ATC_EXTERNAL_URL` or both.
+        missing: String,
+    },
+    /// A lock held for its build that the server would not watch: it refused the claim, does
+    /// not know `hold`, or ignored it.
+    #[error("could not lock '{name}' held for its build (hold: build): {reason}")]
+    HoldNotWatched {
+        /// The lock.
+        name: String,
+        /// Why, with the server's words.
+        reason: String,
+    },
     /// `params.timeout` passed.
     #[error("timed out after {timeout} trying to {op} '{name}': {reason}")]
     TimedOut {

@@ -19,9 +19,17 @@
 //! request id (`Idempotency-Key`): the server knows a waiting lock's place by it, and a retry
 //! after a lost answer claims or releases nothing a second time.
 //!
-//! Older servers keep working: one that refuses `owner` as an unknown field (this server before
-//! leases) is asked again without it, and one that ignores `ttl` (the original server, whose
-//! locks have no `holders`) is named in the log, since its lock lasts until unlocked.
+//! A `lock` with `hold: build` asks the server to release the claim once this build has
+//! finished (the server asks Concourse). It needs the build's `BUILD_ID` and
+//! `ATC_EXTERNAL_URL` in the owner, checked before anything is sent, and a server that watches
+//! that Concourse: a claim that looks watched but is not is worse than none, so a server that
+//! refuses the hold, does not know it or ignores it fails the put (one that took the claim
+//! while ignoring it is given the claim back first).
+//!
+//! Older servers keep working: one that refuses `owner` (this server before leases) or an
+//! `until_unlocked` hold (this server before holds) as an unknown field is asked again without
+//! it, and one that ignores `ttl` (the original server, whose locks have no `holders`) is named
+//! in the log, since its lock lasts until unlocked.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,9 +41,9 @@ use rand::Rng;
 use crate::abort::{Abort, Place};
 use crate::backoff::Backoff;
 use crate::client::{
-    Claim, ClaimAnswer, Lock, LockerClient, QueuePlace, RequestError, new_request_id,
+    Claim, ClaimAnswer, Holder, Lock, LockerClient, QueuePlace, RequestError, new_request_id,
 };
-use crate::config::{DEFAULT_RETRY_TIMEOUT, LockOp, OutParams, Source};
+use crate::config::{DEFAULT_RETRY_TIMEOUT, Hold, LockOp, OutParams, Source};
 use crate::protocol::{MetadataField, Request, StepOutput, Version};
 use crate::{BuildEnv, Error, duration, resolve_lock_name};
 
@@ -63,6 +71,11 @@ pub fn run(
     let source = Source::from_json(&request.source)?;
     let params = OutParams::from_json(&request.params)?;
     let ttl = params.lease_ttl(&source)?;
+    let hold = params.hold(&source);
+    let owner = build.owner();
+    if let Some((Hold::Build, key)) = hold {
+        check_build_known(&owner, key)?;
+    }
     let name = resolve_lock_name(&source)?;
     let timeout = match params.lock_op {
         LockOp::Lock => params.timeout,
@@ -89,11 +102,17 @@ pub fn run(
         locked_by: params.requestor(),
         ttl,
         owner: None,
+        hold: hold.map(|(hold, _)| hold),
         request_id: &request_id,
+    };
+    let held = match claim.hold {
+        Some(Hold::Build) => format!(", held for the build {}", released_when(&owner)),
+        Some(Hold::UntilUnlocked) => ", held until unlocked".to_owned(),
+        None => String::new(),
     };
     let _ = writeln!(
         attempts.log,
-        "{} lock '{name}' with key '{}' as '{}' for {}{}",
+        "{} lock '{name}' with key '{}' as '{}' for {}{}{held}",
         match params.lock_op {
             LockOp::Lock => "taking",
             LockOp::Unlock => "releasing",
@@ -112,7 +131,7 @@ pub fn run(
                 name: name.clone(),
                 request_id: request_id.clone(),
             });
-            let taken = lock(&mut attempts, &client, &name, &claim, &build.owner());
+            let taken = lock(&mut attempts, &client, &name, &claim, &owner);
             if let Err(Error::TimedOut { .. }) = taken {
                 abort.left_queue();
             }
@@ -168,14 +187,60 @@ pub fn run(
     if let Some(expires_at) = holder.and_then(|holder| holder.expires_at.clone()) {
         metadata.push(MetadataField::new("expires_at", expires_at));
     }
+    if let Some(hold) = holder.and_then(hold_text) {
+        metadata.push(MetadataField::new("hold", hold));
+    }
     Ok(StepOutput {
         version: Version::revision(lock.revision),
         metadata,
     })
 }
 
+/// A claim held for its build needs the build's id and its Concourse in the `owner`, or the
+/// server could not ask Concourse about it; `key` chose the hold.
+fn check_build_known(owner: &BTreeMap<String, String>, key: &'static str) -> Result<(), Error> {
+    let missing: Vec<&str> = [("build_id", "BUILD_ID"), ("atc_url", "ATC_EXTERNAL_URL")]
+        .into_iter()
+        .filter(|(field, _)| !owner.contains_key(*field))
+        .map(|(_, variable)| variable)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::HoldWithoutBuild {
+        key,
+        missing: missing.join(" and "),
+    })
+}
+
+/// When the server lets go of a claim held for the build in `owner`:
+/// `(released by the server when build 1234 finishes)`.
+fn released_when(owner: &BTreeMap<String, String>) -> String {
+    let id = owner.get("build_id").map_or("?", String::as_str);
+    format!("(released by the server when build {id} finishes)")
+}
+
+/// A holder's `hold` for the metadata: `build (released by the server when build 1234
+/// finishes)`, or `until_unlocked`; `None` from a server that predates holds.
+fn hold_text(holder: &Holder) -> Option<String> {
+    match holder.hold.as_deref()? {
+        "build" => Some(format!("build {}", released_when(&holder.owner))),
+        other => Some(other.to_owned()),
+    }
+}
+
+/// Whether the server holds `requestor`'s claims for their build, as its answer says.
+fn held_for_build(lock: &Lock, requestor: &str) -> bool {
+    lock.holder(requestor)
+        .and_then(|holder| holder.hold.as_deref())
+        == Some(Hold::Build.as_str())
+}
+
 /// Takes the lock, waiting in its queue, sending the build as `owner` unless the server
-/// refuses that field. When the timeout passes it withdraws from the queue before failing.
+/// refuses that field, and the claim's `hold`. An `until_unlocked` hold the server does not
+/// know is dropped (it holds until unlocked anyway); a `build` hold it refuses, does not know
+/// or ignores fails the lock. When the timeout passes it withdraws from the queue before
+/// failing.
 fn lock<R: Rng>(
     attempts: &mut Attempts<'_, R>,
     client: &LockerClient,
@@ -184,6 +249,8 @@ fn lock<R: Rng>(
     owner: &BTreeMap<String, String>,
 ) -> Result<Lock, Error> {
     let mut send_owner = !owner.is_empty();
+    let for_build = claim.hold == Some(Hold::Build);
+    let mut send_hold = claim.hold.is_some();
     // Whether the server queues: unknown until it answers a wait. One that does not is still
     // asked to wait (it ignores the query), so that a server upgraded while the put waits
     // queues it from its restart on.
@@ -194,6 +261,7 @@ fn lock<R: Rng>(
     let taken = attempts.run(|log| {
         let claim = Claim {
             owner: send_owner.then_some(owner),
+            hold: claim.hold.filter(|_| send_hold),
             ..claim.clone()
         };
         let wait = poll_wait(placed, deadline, Instant::now());
@@ -231,12 +299,34 @@ fn lock<R: Rng>(
                 name: name.to_owned(),
                 message,
             }),
-            Err(err) if send_owner && refuses_owner(&err) => {
+            Err(err) if for_build && unknown_fields(&err).contains(&"hold") => {
+                Err(Error::HoldNotWatched {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "the server does not know hold, it predates holds for builds ({err}); \
+                         upgrade it and set its CONCOURSE_URL, or hold until_unlocked"
+                    ),
+                })
+            }
+            Err(err @ RequestError::Status { status: 400, .. }) if for_build => {
+                Err(Error::HoldNotWatched {
+                    name: name.to_owned(),
+                    reason: err.to_string(),
+                })
+            }
+            Err(err) if droppable(&err, send_owner, send_hold) != (false, false) => {
                 // Nothing was claimed: the server refused the body before deciding anything.
-                send_owner = false;
+                let (without_owner, without_hold) = droppable(&err, send_owner, send_hold);
+                send_owner &= !without_owner;
+                send_hold &= !without_hold;
                 Ok(Outcome::Again(format!(
-                    "the server does not take the claiming build as owner, it predates leases \
-                     ({err}); asking again without it"
+                    "{} ({err}); asking again without {}",
+                    predates(without_owner, without_hold),
+                    if without_owner && without_hold {
+                        "them"
+                    } else {
+                        "it"
+                    }
                 )))
             }
             Err(err) if err.is_transient() => Ok(Outcome::Unreachable(err)),
@@ -256,6 +346,18 @@ fn lock<R: Rng>(
         let _ = writeln!(attempts.log, "{left}");
     }
     let lock = taken?;
+    if for_build && !held_for_build(&lock, claim.locked_by) {
+        // The original server ignores fields it does not know: it took the claim, for good.
+        let gave_back = give_back(client, name, claim);
+        return Err(Error::HoldNotWatched {
+            name: name.to_owned(),
+            reason: format!(
+                "the server took the claim but does not say it holds it for the build, so it \
+                 predates holds for builds and would keep the lock until unlocked; {gave_back}; \
+                 upgrade the server and set its CONCOURSE_URL, or hold until_unlocked"
+            ),
+        });
+    }
     if let Some(ttl) = claim.ttl
         && !lock.server_has_leases()
     {
@@ -269,11 +371,67 @@ fn lock<R: Rng>(
     Ok(lock)
 }
 
-/// Whether the server refused the body because of its `owner` field, as this server did before
-/// leases (`unknown field(s) in request body: owner (expected: ...)`).
-fn refuses_owner(err: &RequestError) -> bool {
-    matches!(err, RequestError::Status { status: 400, message, .. }
-        if message.contains("unknown field") && message.contains("owner"))
+/// Which of `owner` and the hold, when they are sent, a 400 refused as unknown fields: the
+/// lock can do without them (an `until_unlocked` hold is what an older server does anyway).
+fn droppable(err: &RequestError, send_owner: bool, send_hold: bool) -> (bool, bool) {
+    let unknown = unknown_fields(err);
+    (
+        send_owner && unknown.contains(&"owner"),
+        send_hold && unknown.contains(&"hold"),
+    )
+}
+
+/// Why a server refused `owner` or an `until_unlocked` hold, which the lock can do without.
+fn predates(owner: bool, hold: bool) -> &'static str {
+    match (owner, hold) {
+        (true, false) => "the server does not take the claiming build as owner, it predates leases",
+        (false, true) => {
+            "the server does not know hold, it predates holds for builds (its claims are held \
+             until unlocked anyway)"
+        }
+        _ => {
+            "the server knows neither owner nor hold, it predates leases (its claims are held \
+             until unlocked anyway)"
+        }
+    }
+}
+
+/// Releases the claim just taken, once, for a lock that must fail; says what came of it.
+fn give_back(client: &LockerClient, name: &str, claim: &Claim<'_>) -> String {
+    let request_id = new_request_id();
+    let release = Claim {
+        ttl: None,
+        owner: None,
+        hold: None,
+        request_id: &request_id,
+        ..claim.clone()
+    };
+    match client.unlock(name, &release) {
+        Ok(ClaimAnswer::Done { .. }) => "the claim was given back".to_owned(),
+        Ok(ClaimAnswer::Locked { message, .. } | ClaimAnswer::NotHeld { message, .. }) => {
+            format!("giving the claim back failed ({message}): unlock it by hand")
+        }
+        Err(err) => format!("giving the claim back failed ({err}): unlock it by hand"),
+    }
+}
+
+/// The body fields a 400 refused as unknown, as this server words it before it knew them
+/// (`unknown field(s) in request body: owner, hold (expected: ...)`); empty for any other
+/// answer.
+fn unknown_fields(err: &RequestError) -> Vec<&str> {
+    let RequestError::Status {
+        status: 400,
+        message,
+        ..
+    } = err
+    else {
+        return Vec::new();
+    };
+    let Some((_, listed)) = message.split_once("unknown field(s) in request body: ") else {
+        return Vec::new();
+    };
+    let listed = listed.split_once(" (").map_or(listed, |(fields, _)| fields);
+    listed.split(", ").map(str::trim).collect()
 }
 
 /// How long the next lock request asks to wait in the queue: [`MAX_POLL_WAIT`] once the last
@@ -507,22 +665,84 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refusal_of_the_owner_field_drops_the_owner() {
+    fn only_a_refusal_of_unknown_fields_names_them() {
         let status = |status, message: &str| RequestError::Status {
             url: "u".to_owned(),
             status,
             message: message.to_owned(),
         };
-        let before_leases = "unknown field(s) in request body: owner (expected: key, locked_by, lock_by, requestor)";
-        assert!(refuses_owner(&status(400, before_leases)));
+        let before_leases = "unknown field(s) in request body: owner, hold (expected: key, \
+                             locked_by, lock_by, requestor)";
+        assert_eq!(
+            unknown_fields(&status(400, before_leases)),
+            ["owner", "hold"]
+        );
+        assert_eq!(
+            unknown_fields(&status(400, "unknown field(s) in request body: hold")),
+            ["hold"]
+        );
         assert!(
-            !refuses_owner(&status(400, "field 'owner' has too many fields")),
+            unknown_fields(&status(400, "field 'owner' has too many fields")).is_empty(),
             "a server that knows owner and refuses its content is not asked again without it"
         );
-        assert!(!refuses_owner(&status(
-            400,
-            "unknown field(s) in request body: ttl (expected: ...)"
-        )));
-        assert!(!refuses_owner(&status(500, before_leases)));
+        assert!(
+            unknown_fields(&status(
+                400,
+                "\"hold\": \"build\" needs a server that asks Concourse about builds"
+            ))
+            .is_empty(),
+            "a server that knows hold and refuses the claim names no unknown field"
+        );
+        assert!(unknown_fields(&status(500, before_leases)).is_empty());
+    }
+
+    #[test]
+    fn a_build_hold_is_explained_with_the_build_the_server_watches() {
+        let holder = |hold: Option<&str>| Holder {
+            requestor: "r".to_owned(),
+            count: 1,
+            since: None,
+            expires_at: None,
+            owner: BTreeMap::from([("build_id".to_owned(), "1234".to_owned())]),
+            hold: hold.map(str::to_owned),
+            build_status: None,
+            build_checked_at: None,
+        };
+        assert_eq!(
+            hold_text(&holder(Some("build"))).as_deref(),
+            Some("build (released by the server when build 1234 finishes)")
+        );
+        assert_eq!(
+            hold_text(&holder(Some("until_unlocked"))).as_deref(),
+            Some("until_unlocked")
+        );
+        assert_eq!(hold_text(&holder(None)), None, "a server before holds");
+    }
+
+    #[test]
+    fn a_build_hold_needs_the_build_id_and_its_concourse() {
+        let owner = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let known = owner(&[("build_id", "7"), ("atc_url", "https://ci")]);
+        assert!(check_build_known(&known, "params.hold").is_ok());
+        let error = check_build_known(&owner(&[("build", "3")]), "source.hold")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("source.hold is build, but ")
+                && error.contains("BUILD_ID and ATC_EXTERNAL_URL"),
+            "{error}"
+        );
+        let error = check_build_known(&owner(&[("atc_url", "https://ci")]), "params.hold")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(" BUILD_ID ") && !error.contains("ATC_EXTERNAL_URL"),
+            "{error}"
+        );
     }
 }

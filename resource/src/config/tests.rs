@@ -91,7 +91,8 @@ fn a_typo_in_source_is_named_with_the_known_keys() {
     assert_eq!(
         source_error(value),
         "source.lock_nmae is not a known key (expected one of: locker_uri, lock_name, bosh_lock, \
-         username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay, ttl)"
+         username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay, ttl, \
+         hold)"
     );
 }
 
@@ -265,7 +266,7 @@ fn a_typo_in_params_is_named_with_the_known_keys() {
     assert_eq!(
         params_error(json!({"lock_op": "lock", "key": "k", "lockd_by": "me"})),
         "params.lockd_by is not a known key (expected one of: lock_op, key, locked_by, lock_by, \
-         timeout, retry_delay, max_retry_delay, ttl)"
+         timeout, retry_delay, max_retry_delay, ttl, hold)"
     );
 }
 
@@ -365,6 +366,7 @@ fn null_counts_as_absent_for_every_optional_key() {
         "retry_delay",
         "max_retry_delay",
         "ttl",
+        "hold",
     ] {
         source[key] = Value::Null;
     }
@@ -375,7 +377,7 @@ fn null_counts_as_absent_for_every_optional_key() {
 
     let params = json!({
         "lock_op": "lock", "key": "k", "locked_by": null, "lock_by": null, "timeout": null,
-        "retry_delay": null, "max_retry_delay": null, "ttl": null,
+        "retry_delay": null, "max_retry_delay": null, "ttl": null, "hold": null,
     });
     assert_eq!(
         OutParams::from_json(&params),
@@ -515,5 +517,73 @@ fn ttl_on_unlock_is_refused() {
         params_error(json!({"lock_op": "unlock", "key": "k", "ttl": "5m"})),
         "params.ttl has no effect on unlock, which ends the claim: leave it out (set it on the \
          lock or renew step)"
+    );
+}
+
+#[test]
+fn params_hold_wins_over_source_hold_and_only_lock_sends_one() {
+    let source = |hold: Value| Source::from_json(&with(minimal_source(), "hold", hold)).unwrap();
+    let hold = |source: &Source, params: Value| OutParams::from_json(&params).unwrap().hold(source);
+    let lock = json!({"lock_op": "lock", "key": "k"});
+    let by_source = source(json!("build"));
+    assert_eq!(by_source.hold, Some(Hold::Build));
+    assert_eq!(
+        hold(&by_source, lock.clone()),
+        Some((Hold::Build, "source.hold"))
+    );
+    assert_eq!(
+        hold(
+            &by_source,
+            with(lock.clone(), "hold", json!("until_unlocked"))
+        ),
+        Some((Hold::UntilUnlocked, "params.hold")),
+        "params.hold should override source.hold"
+    );
+    let unset = Source::from_json(&minimal_source()).unwrap();
+    assert_eq!(
+        hold(&unset, with(lock.clone(), "hold", json!("build"))),
+        Some((Hold::Build, "params.hold"))
+    );
+    assert_eq!(hold(&unset, lock), None, "no hold anywhere: none is sent");
+    for op in ["unlock", "renew"] {
+        assert_eq!(
+            hold(&by_source, json!({"lock_op": op, "key": "k", "ttl": null})),
+            None,
+            "{op} sends no hold even when the source has one"
+        );
+    }
+}
+
+#[test]
+fn a_hold_that_is_not_build_or_until_unlocked_is_explained() {
+    assert_eq!(
+        params_error(json!({"lock_op": "lock", "key": "k", "hold": "bulid"})),
+        "params.hold must be build or until_unlocked (got \"bulid\")"
+    );
+    assert_eq!(
+        params_error(json!({"lock_op": "lock", "key": "k", "hold": true})),
+        "params.hold must be build or until_unlocked (got a boolean)"
+    );
+    assert_eq!(
+        source_error(with(minimal_source(), "hold", json!("for_ever"))),
+        "source.hold must be build or until_unlocked (got \"for_ever\")"
+    );
+    assert_eq!(
+        source_error(with(minimal_source(), "hold", json!(["build"]))),
+        "source.hold must be build or until_unlocked (got a list)"
+    );
+}
+
+#[test]
+fn hold_on_unlock_or_renew_is_refused() {
+    assert_eq!(
+        params_error(json!({"lock_op": "unlock", "key": "k", "hold": "build"})),
+        "params.hold has no effect on unlock, which ends the claim: leave it out (set it on the \
+         lock step)"
+    );
+    assert_eq!(
+        params_error(json!({"lock_op": "renew", "key": "k", "hold": "until_unlocked"})),
+        "params.hold has no effect on renew: a claim keeps the hold it was locked with, so leave \
+         it out (set it on the lock step)"
     );
 }

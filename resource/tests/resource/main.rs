@@ -5,6 +5,7 @@ mod helpers;
 mod stand_in;
 
 mod auth_and_tls;
+mod build_holds;
 mod leases;
 mod locking;
 mod lost_answers;

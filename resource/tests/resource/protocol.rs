@@ -122,7 +122,8 @@ fn in_rejects_params() {
 fn a_typo_in_source_fails_every_binary_with_the_key_named() {
     let source = json!({"locker_uri": "http://127.0.0.1:9", "lock_nmae": "env"});
     let expected = "error: source.lock_nmae is not a known key (expected one of: locker_uri, lock_name, \
-                    bosh_lock, username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay, ttl)";
+                    bosh_lock, username, password, ca_cert, skip_ssl_validation, retry_delay, max_retry_delay, ttl, \
+                    hold)";
     assert_eq!(
         run(Bin::Check, &json!({"source": source}), &[]).error(),
         expected

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::rules::Owner;
+use super::rules::{Hold, Owner};
 
 /// Someone waiting for a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct Waiter {
     pub owner: Owner,
     /// The time to live of the claim it gets when granted.
     pub(super) ttl: Option<Duration>,
+    /// How long the claim it gets when granted is held, as its request said.
+    pub(super) hold: Option<Hold>,
     pub(super) request_id: Option<String>,
     /// How long its place (and then its grant) outlives the poll that waits for it.
     pub(super) grace: Duration,
@@ -409,6 +411,32 @@ mod tests {
         lab.tick(at(60));
         assert_eq!(lab.holders(), ["rb"]);
         assert_eq!(lab.answered(Verdict::Acquired), [1]);
+    }
+
+    #[test]
+    fn a_claim_granted_from_the_queue_keeps_the_hold_it_asked_for() {
+        let mut lab = Lab::default();
+        lab.lock("a", "ra", at(0));
+        let for_build = Claim {
+            hold: Some(Hold::Build),
+            ..Claim::new("b", "rb")
+        };
+        let op = Op::Wait {
+            poll: 1,
+            grace: GRACE,
+        };
+        assert_eq!(lab.run(op, &for_build, at(1)).verdict, Verdict::Queued);
+        lab.unlock("a", "ra", at(2));
+        let lock = lab.table.lock("env");
+        let holder = lock
+            .locked_by
+            .holder("rb")
+            .expect("rb was granted the lock");
+        assert_eq!(
+            holder.hold,
+            Hold::Build,
+            "a claim that waited is held as its request asked, not until unlocked"
+        );
     }
 
     #[test]

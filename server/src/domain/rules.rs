@@ -1027,6 +1027,7 @@ impl<'a> Batch<'a> {
             since: now,
             owner: claim.owner.clone().unwrap_or_default(),
             ttl: claim.ttl,
+            hold: claim.hold,
             request_id: claim.request_id.clone(),
             grace,
             poll: Some(poll),
@@ -1235,6 +1236,7 @@ impl<'a> Batch<'a> {
                 request_id: waiter.request_id.clone(),
                 ttl: waiter.ttl,
                 owner: Some(waiter.owner.clone()),
+                hold: waiter.hold,
                 ..Claim::default()
             };
             next.locked_by.add(&claim, now);

@@ -505,6 +505,9 @@ mod tests {
                 since: Some("2027-01-15T08:00:00.000Z".into()),
                 expires_at: Some("2027-01-15T08:01:30.000Z".into()),
                 owner: [("job".to_string(), "deploy".to_string())].into(),
+                hold: Some("until_unlocked".into()),
+                build_status: None,
+                build_checked_at: None,
             }],
             queue: Vec::new(),
         };
