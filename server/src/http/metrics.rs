@@ -13,13 +13,15 @@ use super::answer::error_response;
 use crate::metrics::{CONTENT_TYPE, Metrics};
 
 /// The routes without a lock name in them, counted under their own path.
-const FIXED_ROUTES: [&str; 6] = [
+const FIXED_ROUTES: [&str; 8] = [
+    "/",
     "/healthz",
     "/openapi.yaml",
     "/metrics",
     "/locks",
     "/history",
     "/events",
+    "/concourse",
 ];
 
 /// `GET /metrics`: every metric in the Prometheus text format.
@@ -55,6 +57,9 @@ pub(super) async fn count_request<E: Endpoint<Output = Response>>(
 /// The route template of `path`, like `/lock/{name}/renew`: what a request is counted under,
 /// so that no lock name (nor any other path a client makes up) becomes a label value.
 fn route(path: &str) -> &'static str {
+    if path.starts_with("/dashboard/") {
+        return "/dashboard/{file}";
+    }
     let Some(rest) = path.strip_prefix("/lock/") else {
         return FIXED_ROUTES
             .into_iter()
@@ -94,6 +99,9 @@ mod tests {
             ("/history", "/history"),
             ("/metrics", "/metrics"),
             ("/events", "/events"),
+            ("/", "/"),
+            ("/concourse", "/concourse"),
+            ("/dashboard/app.js", "/dashboard/{file}"),
             ("/healthz", "/healthz"),
             ("/openapi.yaml", "/openapi.yaml"),
             ("/staging", "other"),

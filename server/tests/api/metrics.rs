@@ -14,7 +14,10 @@ use crate::body;
 const PREFIX: &str = "metrics-lock-";
 
 /// The routes a request may be counted under.
-const ROUTES: [&str; 13] = [
+const ROUTES: [&str; 16] = [
+    "/",
+    "/dashboard/{file}",
+    "/concourse",
     "/healthz",
     "/openapi.yaml",
     "/metrics",
