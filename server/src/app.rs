@@ -179,6 +179,7 @@ impl Application {
                 client,
                 concourse,
                 watch,
+                self.metrics.clone(),
             ))
         });
         let api = http::Api {

@@ -75,6 +75,7 @@ pub struct Metrics {
     expiries: Counter,
     force_releases: Counter,
     unavailable: Counter,
+    concourse_failures: Counter,
     lock_wait: Histogram,
     lock_held: Histogram,
     batch_size: Histogram,
@@ -102,6 +103,7 @@ impl Metrics {
             expiries: Counter::default(),
             force_releases: Counter::default(),
             unavailable: Counter::default(),
+            concourse_failures: Counter::default(),
             lock_wait: Histogram::new(WAIT_BUCKETS),
             lock_held: Histogram::new(HELD_BUCKETS),
             batch_size: Histogram::new(BATCH_BUCKETS),
@@ -149,6 +151,11 @@ impl Metrics {
             "Requests answered 503: a change could not be saved, or the server was stopping",
             self.unavailable.clone(),
         );
+        r.register(
+            "concourse_failures",
+            "Rounds of the build watcher that got no answer to rely on from Concourse (unreachable, 5xx, credentials refused); claims held for builds are kept meanwhile",
+            self.concourse_failures.clone(),
+        );
         r.register_with_unit(
             "lock_wait",
             "How long a lock request with ?wait= waited, from its arrival to its grant",
@@ -179,6 +186,11 @@ impl Metrics {
             self.requests.clone(),
         );
         self
+    }
+
+    /// A round of the build watcher in which Concourse gave no answer to rely on.
+    pub fn concourse_failed(&self) {
+        self.concourse_failures.inc();
     }
 
     /// A batch the writer decided (committed or not): how many requests, and how long

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 
 use crate::config::{Concourse, normalise_url};
 use crate::domain::{Claim, Hold, LockTable, Op, Owner};
+use crate::metrics::Metrics;
 use crate::store::{LockStore, Request};
 use client::{AskError, BuildAnswer, ConcourseClient};
 
@@ -124,12 +125,20 @@ pub fn refuse_hold(owner: Option<&Owner>, concourse: Option<&Concourse>) -> Opti
 }
 
 /// Asks Concourse about the watched builds every `poll`, until the server stops.
-pub async fn run(store: LockStore, client: ConcourseClient, concourse: Concourse, watch: Watch) {
+pub async fn run(
+    store: LockStore,
+    client: ConcourseClient,
+    concourse: Concourse,
+    watch: Watch,
+    metrics: Arc<Metrics>,
+) {
     let stopping = store.stopping();
     tokio::pin!(stopping);
     let mut told_missing: HashSet<u64> = HashSet::new();
     loop {
-        round(&store, &client, &concourse.url, &watch, &mut told_missing).await;
+        if !round(&store, &client, &concourse.url, &watch, &mut told_missing).await {
+            metrics.concourse_failed();
+        }
         tokio::select! {
             () = tokio::time::sleep(concourse.poll) => {}
             () = &mut stopping => return,
@@ -137,19 +146,20 @@ pub async fn run(store: LockStore, client: ConcourseClient, concourse: Concourse
     }
 }
 
-/// One round: every watched build asked once, finished ones released.
+/// One round: every watched build asked once, finished ones released. False when Concourse
+/// gave no answer to rely on.
 async fn round(
     store: &LockStore,
     client: &ConcourseClient,
     url: &str,
     watch: &Watch,
     told_missing: &mut HashSet<u64>,
-) {
+) -> bool {
     let builds = watched(&store.snapshot(), url);
     watch.update(|seen| seen.builds.retain(|id, _| builds.contains_key(id)));
     told_missing.retain(|id| builds.contains_key(id));
     if builds.is_empty() {
-        return;
+        return true;
     }
     let answers: Vec<(u64, Result<BuildAnswer, AskError>)> =
         futures_util::stream::iter(builds.keys().copied())
@@ -193,6 +203,7 @@ async fn round(
         }
     }
     let before = watch.seen().outage.clone();
+    let answered = failure.is_none();
     match (failure, before) {
         (Some(e), None) => {
             tracing::error!(error = %e, "cannot learn whether watched builds still run; no claim is released until Concourse answers");
@@ -208,6 +219,7 @@ async fn round(
         }
         _ => {}
     }
+    answered
 }
 
 /// Releases the claims of build `id`, which finished with `status`.

@@ -368,6 +368,10 @@ fn nothing_is_released_while_concourse_is_down() {
         "GET /concourse shows the outage: {status}"
     );
     assert_eq!(status["builds"][0]["id"], 5);
+    let (_, text) = client.get(&server.url("/metrics"));
+    let failures = locker_testkit::prometheus::Scrape::parse(text.as_str().expect("text"))
+        .value("locker_concourse_failures_total", &[]);
+    assert!(failures >= 2.0, "every failed round is counted: {failures}");
     concourse.with(|s| s.down = false);
     eventually("released once Concourse answers", || {
         lock_state(&server, "env")["key"] == ""
