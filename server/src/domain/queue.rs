@@ -514,6 +514,9 @@ mod tests {
                     let id = format!("id-{r}");
                     let claim = Claim { request_id: Some(id.clone()), ..Claim::new(keys[k], requestor.clone()) };
                     let before = lab.answers.len();
+                    // Settle what is due first (lapses, expiries and the grants they make), so
+                    // that whether a place is resumed is judged on the queue the request meets.
+                    lab.tick(now);
                     match op {
                         0 => { lab.run(Op::Lock, &Claim::new(keys[k], requestor), now); }
                         1 | 2 => {
