@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use locker_bench::load::Period;
 use locker_bench::machine::{self, Machine};
+use locker_bench::report::Report;
 use locker_bench::scenarios::{Bench, LAST, Settings};
 
 const USAGE: &str = "\
@@ -22,6 +23,8 @@ options:
   --data-dir DIR    where servers keep their files (default: the system temporary directory);
                     it must be on the disk you mean to measure, not tmpfs
   --log-level L     RUST_LOG of the locker servers (default: warn)
+  --runs N          run the scenarios N times and report each number's median (default: 1;
+                    the issues' targets are judged on the median of 3)
 ";
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn run() -> anyhow::Result<()> {
     let mut data_dir = std::env::temp_dir();
     let mut log_level = "warn".to_string();
     let mut only = Vec::new();
+    let mut runs = 1usize;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
             args.next()
@@ -65,6 +69,13 @@ fn run() -> anyhow::Result<()> {
             "--out" => out = PathBuf::from(value("--out")?),
             "--data-dir" => data_dir = PathBuf::from(value("--data-dir")?),
             "--log-level" => log_level = value("--log-level")?,
+            "--runs" => {
+                runs = value("--runs")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .context("--runs needs a whole number of at least 1")?;
+            }
             n => match n.parse::<u8>() {
                 Ok(n) if (1..=LAST).contains(&n) => only.push(n),
                 _ => bail!("unexpected argument {n:?}; see locker-bench --help"),
@@ -102,20 +113,29 @@ fn run() -> anyhow::Result<()> {
         Mode::All => Some(machine::durable_write_costs(&data_dir)?),
         _ => None,
     };
-    let mut bench = Bench::new(settings)?;
-    match &mode {
-        Mode::Smoke => runtime.block_on(bench.smoke())?,
-        Mode::All => runtime.block_on(bench.run(&(1..=LAST).collect::<Vec<_>>()))?,
-        Mode::Only(which) => runtime.block_on(bench.run(which))?,
+    let mut reports = Vec::new();
+    for run in 1..=runs {
+        if runs > 1 {
+            eprintln!("run {run} of {runs}");
+        }
+        // A fresh bench each run: comparisons within a run use that run's own numbers.
+        let mut bench = Bench::new(settings.clone())?;
+        match &mode {
+            Mode::Smoke => runtime.block_on(bench.smoke())?,
+            Mode::All => runtime.block_on(bench.run(&(1..=LAST).collect::<Vec<_>>()))?,
+            Mode::Only(which) => runtime.block_on(bench.run(which))?,
+        }
+        reports.push(bench.report);
     }
+    let report = Report::median_of(reports);
     let took = began.elapsed();
-    println!("{}", bench.report.table());
-    for note in &bench.report.notes {
+    println!("{}", report.table());
+    for note in &report.notes {
         println!("- {note}");
     }
     if let Mode::All = mode {
         let machine = Machine::describe(&data_dir);
-        let mut report = bench.report;
+        let mut report = report;
         let after = machine::durable_write_costs(&data_dir)?;
         let before = disk_before.unwrap_or(after);
         let ms = locker_bench::report::ms;
