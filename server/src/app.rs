@@ -25,6 +25,7 @@ use crate::net::peers::{PeerAcceptor, Peers};
 use crate::net::tls::{TlsAcceptor, load_tls};
 use crate::store::LockStore;
 use crate::store::file::{FileBackend, Format, OpenError};
+use crate::store::postgres::PgBackend;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -47,6 +48,14 @@ pub enum ServerError {
     Serve(io::Error),
     #[error("{0}")]
     Concourse(String),
+    #[error("{0}")]
+    Database(String),
+}
+
+/// The backend the configuration chose, opened.
+enum Opened {
+    File(FileBackend, Format),
+    Postgres(PgBackend),
 }
 
 /// Builds an [`Application`], with the seams tests may change.
@@ -72,7 +81,18 @@ impl Builder {
     /// Opens the state file, checks TLS and binds the port; nothing is served yet.
     pub async fn build(self) -> Result<Application, ServerError> {
         let config = self.config;
-        let (backend, format) = FileBackend::open_keeping(&config.state_file, config.history_max)?;
+        let backend = match &config.database {
+            Some(url) => Opened::Postgres(
+                PgBackend::open(&url.0, config.history_max)
+                    .await
+                    .map_err(ServerError::Database)?,
+            ),
+            None => {
+                let (backend, format) =
+                    FileBackend::open_keeping(&config.state_file, config.history_max)?;
+                Opened::File(backend, format)
+            }
+        };
         let tls = config
             .tls
             .as_ref()
@@ -93,10 +113,17 @@ impl Builder {
             Some(tls_config) => (TlsAcceptor::new(tcp, tls_config).boxed(), "https"),
             None => (tcp.boxed(), "http"),
         };
-        log_start(&config, &backend, format, scheme, address);
+        log_start(&config, &backend, scheme, address);
         let metrics = Arc::new(Metrics::new());
-        let (store, writer) = LockStore::start(backend, self.clock.clone(), metrics.clone())
-            .map_err(ServerError::Serve)?;
+        let (store, writer) = match backend {
+            Opened::File(backend, _) => {
+                LockStore::start(backend, self.clock.clone(), metrics.clone())
+            }
+            Opened::Postgres(backend) => {
+                LockStore::start(backend, self.clock.clone(), metrics.clone())
+            }
+        }
+        .map_err(ServerError::Serve)?;
         let watcher = config
             .concourse
             .clone()
@@ -240,35 +267,38 @@ pub async fn run(
 
 /// The start-up line: where the server listens and what it serves (tests read the address
 /// from it).
-fn log_start(
-    config: &Config,
-    backend: &FileBackend,
-    format: Format,
-    scheme: &str,
-    address: SocketAddr,
-) {
+fn log_start(config: &Config, backend: &Opened, scheme: &str, address: SocketAddr) {
     use crate::store::Backend;
-    let table = backend.table();
+    let (table, storage) = match backend {
+        Opened::File(backend, format) => {
+            let mut notes = Vec::new();
+            if config.state_file_is_default {
+                notes.push("the default; set LOCKER_CONFIG to choose another");
+            }
+            match format {
+                Format::Created => notes.push("created empty"),
+                Format::Legacy => {
+                    notes.push("the original server's format, rewritten on the first change")
+                }
+                Format::Current => {}
+            }
+            let state_note = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
+            };
+            (
+                backend.table(),
+                format!("state file {}{state_note}", backend.path().display()),
+            )
+        }
+        Opened::Postgres(backend) => (backend.table(), format!("database {}", backend.describe())),
+    };
     let held = table.locks.values().filter(|l| !l.is_free()).count();
     let known = table.locks.len();
-    let mut notes = Vec::new();
-    if config.state_file_is_default {
-        notes.push("the default; set LOCKER_CONFIG to choose another");
-    }
-    match format {
-        Format::Created => notes.push("created empty"),
-        Format::Legacy => notes.push("the original server's format, rewritten on the first change"),
-        Format::Current => {}
-    }
-    let state_note = if notes.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", notes.join("; "))
-    };
     tracing::info!(
-        "locker {} listening on {scheme}://{address}, state file {}{state_note}, {known} locks known ({held} held), auth {}, TLS {}",
+        "locker {} listening on {scheme}://{address}, {storage}, {known} locks known ({held} held), auth {}, TLS {}",
         env!("CARGO_PKG_VERSION"),
-        backend.path().display(),
         if config.auth.is_some() { "on" } else { "off" },
         if config.tls.is_some() { "on" } else { "off" },
     );

@@ -25,6 +25,9 @@ pub const DEFAULT_QUEUE_GRACE: Duration = Duration::from_secs(30);
 pub const ENVIRONMENT_HELP: &str = "\
 Server environment (locker without a command):
   LOCKER_CONFIG  path of the state file (default: locker-data.yml in the working directory)
+  LOCKER_DATABASE_URL  a postgres:// URL: keep the locks in PostgreSQL instead of a state
+                 file, so several servers can share them (sslmode=require and
+                 sslrootcert=PATH are honoured); not together with LOCKER_CONFIG
   PORT           port to listen on, on all interfaces (default: 3000; 0 picks a free port)
   AUTH_USER      HTTP basic auth user name; set together with AUTH_PASS
   AUTH_PASS      HTTP basic auth password; set together with AUTH_USER
@@ -133,10 +136,22 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// A PostgreSQL connection URL; its `Debug` hides it, since it may hold a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub state_file: PathBuf,
+    /// Where the locks live when not in the state file: PostgreSQL, shared by several servers.
+    pub database: Option<DatabaseUrl>,
     /// True when `LOCKER_CONFIG` was not set and the default is used.
     pub state_file_is_default: bool,
     pub port: u16,
@@ -164,6 +179,10 @@ impl Config {
     /// Reads the configuration; `var` looks up one environment variable.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let database = var("LOCKER_DATABASE_URL").map(DatabaseUrl);
+        if database.is_some() && var("LOCKER_CONFIG").is_some() {
+            return Err("LOCKER_CONFIG and LOCKER_DATABASE_URL are both set: the locks live either in a state file or in PostgreSQL. Unset one (to move a state file's locks into the database, run `locker import STATE_FILE` with LOCKER_DATABASE_URL set)".into());
+        }
         let (state_file, state_file_is_default) = match var("LOCKER_CONFIG") {
             Some(path) => (PathBuf::from(path), false),
             None => (PathBuf::from(DEFAULT_STATE_FILE), true),
@@ -243,6 +262,7 @@ impl Config {
         let concourse = concourse(&var)?;
         Ok(Config {
             state_file,
+            database,
             state_file_is_default,
             port,
             auth,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod postgres;
 pub mod process;
 pub mod prometheus;
 
@@ -70,6 +71,13 @@ pub struct Options {
 }
 
 impl Options {
+    /// True when the server keeps its locks in PostgreSQL (`LOCKER_DATABASE_URL` is set).
+    pub fn uses_database(&self) -> bool {
+        self.env
+            .iter()
+            .any(|(k, v)| k == "LOCKER_DATABASE_URL" && !v.is_empty())
+    }
+
     pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
         self.env.push((
             name.to_string(),
@@ -77,6 +85,13 @@ impl Options {
         ));
         self
     }
+}
+
+/// True when the tests run against the PostgreSQL backend (`LOCKER_TEST_BACKEND=postgres`):
+/// [`Locker::start_with`] then gives each server a database of its own instead of a state
+/// file, and tests of what only the state file does skip themselves.
+pub fn backend_is_postgres() -> bool {
+    std::env::var("LOCKER_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 
 /// A running `locker` process.
@@ -104,8 +119,14 @@ impl Locker {
         Locker::start_with(Options::default())
     }
 
-    /// Starts a server with a fresh state file.
+    /// Starts a server with a fresh state file, or, when the tests run against PostgreSQL
+    /// (see [`backend_is_postgres`]), with a fresh database of the shared test cluster.
     pub fn start_with(options: Options) -> Locker {
+        let options = if backend_is_postgres() && !options.uses_database() {
+            options.env("LOCKER_DATABASE_URL", postgres::shared().create_database())
+        } else {
+            options
+        };
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let state_file = dir.path().join("locker.yml");
         Locker::start_on(dir, state_file, options)
@@ -127,6 +148,10 @@ impl Locker {
         cmd.stderr(Stdio::piped());
         for (k, v) in &options.env {
             cmd.env(k, v);
+        }
+        if options.uses_database() {
+            // The locks live in the database: the state file is not used (and may not be set).
+            cmd.env_remove("LOCKER_CONFIG");
         }
         let mut child = cmd.spawn().expect("spawn locker");
         let log = Arc::new(Mutex::new(String::new()));

@@ -1211,6 +1211,14 @@ impl<'a> Batch<'a> {
         self.change(name, Op::Unlock, &claim, now) == Verdict::Released
     }
 
+    /// Hands the lock called `name` to the first in its queue if it is free: for a lock that
+    /// was changed by someone else than this table's batches (another server on the same
+    /// database), whose queue here has not been looked at since.
+    pub fn hand_over(&mut self, name: &str, now: SystemTime) {
+        self.lapse(name, now);
+        self.promote(name, now);
+    }
+
     /// Hands a free lock to the first in its queue, together with every waiter directly
     /// behind it with the same key: one change, one new token.
     fn promote(&mut self, name: &str, now: SystemTime) {

@@ -99,9 +99,20 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
         .around(middleware::access_log)
 }
 
+/// `GET /healthz`: 200 while the server can serve; 503 when its database cannot be reached
+/// (a readiness probe takes the server out of rotation meanwhile).
 #[handler]
-fn healthz() -> Response {
-    json_response(StatusCode::OK, &json!({"status": "ok"}))
+fn healthz(api: Data<&Arc<Api>>) -> Response {
+    if !api.store.reports_storage() {
+        return json_response(StatusCode::OK, &json!({"status": "ok"}));
+    }
+    match api.store.storage_problem() {
+        None => json_response(StatusCode::OK, &json!({"status": "ok", "database": "ok"})),
+        Some(problem) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "database": "unreachable", "error": problem}),
+        ),
+    }
 }
 
 #[handler]

@@ -30,6 +30,49 @@ pub trait Backend: Send + 'static {
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Called once when the writer starts, with a handle that makes the writer decide a batch
+    /// (with no requests, if none came) soon: for a backend whose table can change under it
+    /// (a database that other servers write to), to catch up when told of a change.
+    fn attach(&mut self, wake: Wake) {
+        let _ = wake;
+    }
+
+    /// The storage's health, for a backend whose storage can be out of reach while the
+    /// server runs (a database); none for one that is always there (a local file).
+    fn health(&self) -> Option<std::sync::Arc<Health>> {
+        None
+    }
+}
+
+/// What a backend knows of its storage's health, for `/healthz`: set by the backend, read by
+/// the HTTP layer.
+#[derive(Debug, Default)]
+pub struct Health(std::sync::Mutex<Option<String>>);
+
+impl Health {
+    /// Why the storage cannot be used now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.0.lock().map(|p| p.clone()).unwrap_or(None)
+    }
+
+    /// Records that the storage cannot be used, and why (`None`: it can again).
+    pub fn set(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = problem;
+        }
+    }
+}
+
+/// Makes the writer decide a batch soon, whether or not a request came; cheap to clone.
+#[derive(Clone)]
+pub struct Wake(pub(super) std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl Wake {
+    /// Asks for a batch; does nothing once the writer has stopped.
+    pub fn wake(&self) {
+        (self.0)();
+    }
 }
 
 /// Why a batch was not committed, worded for the client (what could not be done, and why).

@@ -20,8 +20,9 @@
 
 mod backend;
 pub mod file;
+pub mod postgres;
 
-pub use backend::{Backend, CommitError, Committed, Request};
+pub use backend::{Backend, CommitError, Committed, Health, Request, Wake};
 
 use std::collections::HashMap;
 use std::io;
@@ -68,16 +69,20 @@ enum Message {
     },
     /// The server is stopping: every waiting poll is answered now, and none waits any more.
     StopWaiters,
+    /// The backend asks for a batch even if no request comes (see [`Backend::attach`]).
+    Wake,
 }
 
 /// A cheap, cloneable handle on the published table and the writer.
 #[derive(Clone)]
 pub struct LockStore {
-    jobs: mpsc::Sender<Message>,
+    jobs: Arc<mpsc::Sender<Message>>,
     published: watch::Receiver<LockTable>,
     polls: Arc<AtomicU64>,
     /// Set when the server stops: long-lived answers (waits, event streams) end.
     stopping: Arc<watch::Sender<bool>>,
+    /// The backend's storage health, when it can fail while the server runs.
+    health: Option<Arc<Health>>,
 }
 
 impl LockStore {
@@ -101,8 +106,18 @@ impl LockStore {
                 }
             }
         }
+        let health = backend.health();
         let (publish, published) = watch::channel(backend.table().clone());
         let (jobs, queue) = mpsc::channel();
+        // Weak: the writer (which owns the backend) must still see the channel close once
+        // every handle is dropped.
+        let jobs = Arc::new(jobs);
+        let waker = Arc::downgrade(&jobs);
+        backend.attach(Wake(Arc::new(move || {
+            if let Some(jobs) = waker.upgrade() {
+                let _ = jobs.send(Message::Wake);
+            }
+        })));
         let writer = thread::Builder::new()
             .name("locker-writer".into())
             .spawn(move || {
@@ -124,6 +139,7 @@ impl LockStore {
                 published,
                 polls,
                 stopping,
+                health,
             },
             writer,
         ))
@@ -187,6 +203,17 @@ impl LockStore {
         async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         }
+    }
+
+    /// Why the storage cannot be used now, if the backend knows it cannot (a database out of
+    /// reach); `None` when it can, or when the backend cannot tell.
+    pub fn storage_problem(&self) -> Option<String> {
+        self.health.as_ref().and_then(|h| h.problem())
+    }
+
+    /// True when the backend can report its storage's health (a database).
+    pub fn reports_storage(&self) -> bool {
+        self.health.is_some()
     }
 
     /// The latest published (durable) table; holding it blocks nobody.
@@ -320,6 +347,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             };
             let mut requests = std::mem::take(&mut self.retry);
             let mut replies: Vec<Option<Reply>> = requests.iter().map(|_| None).collect();
+            let mut woken = false;
             let mut next = first;
             while let Some(message) = next {
                 match message {
@@ -328,6 +356,7 @@ impl<'a, B: Backend> Writer<'a, B> {
                         replies.push(reply);
                     }
                     Message::StopWaiters => self.stop_waiters(),
+                    Message::Wake => woken = true,
                 }
                 next = if requests.len() < MAX_BATCH {
                     queue.try_recv().ok()
@@ -337,6 +366,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             }
             let now = self.clock.now();
             if requests.is_empty()
+                && !woken
                 && self
                     .backend
                     .table()

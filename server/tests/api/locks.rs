@@ -262,7 +262,7 @@ fn errors_are_json_with_the_right_status() {
         "{answer}"
     );
     let (status, resp) = client.get(&server.url("/healthz"));
-    assert_eq!((status, resp), (200, json!({"status": "ok"})));
+    assert_eq!((status, &resp["status"]), (200, &json!("ok")), "{resp}");
 }
 
 #[test]

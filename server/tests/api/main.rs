@@ -13,6 +13,7 @@ mod leases;
 mod locks;
 mod metrics;
 mod persistence;
+mod postgres;
 mod queue;
 mod reserve;
 mod retries;
@@ -33,6 +34,16 @@ pub fn holders(lock: &Value) -> Vec<(String, u64)> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
         .collect()
+}
+
+/// True (and says so) when the suite runs against PostgreSQL and a test of the file backend
+/// alone must not run: `why` says what the test is about.
+pub fn skipped_on_postgres(why: &str) -> bool {
+    let skip = locker_testkit::backend_is_postgres();
+    if skip {
+        eprintln!("skipped with LOCKER_TEST_BACKEND=postgres: {why}");
+    }
+    skip
 }
 
 /// Percent-encodes a lock name for a URL path segment.

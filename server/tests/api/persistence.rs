@@ -71,6 +71,9 @@ fn killed_server_keeps_every_answered_lock() {
 
 #[test]
 fn state_file_is_versioned_yaml() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let mut server = Locker::start();
     Client::new().put(&server.url("/lock/yes"), &body("null", "~"));
     server.stop();
@@ -155,6 +158,9 @@ fn legacy_files_load_with_exact_holders_and_are_rewritten_on_first_change() {
 
 #[test]
 fn corrupt_files_are_refused_and_left_untouched() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let good = {
         let mut server = Locker::start();
         Client::new().put(&server.url("/lock/a"), &body("k", "r"));
@@ -213,6 +219,9 @@ fn corrupt_files_are_refused_and_left_untouched() {
 
 #[test]
 fn leftover_temporary_file_is_ignored_and_last_good_state_loads() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let mut server = Locker::start();
     let client = Client::new();
     client.put(&server.url("/lock/a"), &body("k", "r"));
@@ -232,6 +241,9 @@ fn leftover_temporary_file_is_ignored_and_last_good_state_loads() {
 
 #[test]
 fn missing_file_is_created_empty() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let server = Locker::start();
     let text = fs::read_to_string(server.state_file()).unwrap();
     assert_eq!(
@@ -243,6 +255,9 @@ fn missing_file_is_created_empty() {
 
 #[test]
 fn second_server_on_the_same_file_is_refused() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let server = Locker::start();
     let failure = Locker::start_on(
         server.dir(),
@@ -278,6 +293,9 @@ fn holders_helper_reads_counts() {
 
 #[test]
 fn changes_go_to_the_journal_and_a_clean_stop_folds_them_into_the_state_file() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let mut server = Locker::start();
     let client = Client::new();
     client.put(&server.url("/lock/a"), &body("k", "r"));
@@ -300,6 +318,9 @@ fn changes_go_to_the_journal_and_a_clean_stop_folds_them_into_the_state_file() {
 
 #[test]
 fn torn_last_journal_record_is_dropped_and_earlier_ones_kept() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let mut server = Locker::start();
     let client = Client::new();
     client.put(&server.url("/lock/a"), &body("k", "r"));
@@ -322,6 +343,9 @@ fn torn_last_journal_record_is_dropped_and_earlier_ones_kept() {
 
 #[test]
 fn damaged_journal_record_followed_by_others_is_refused_and_left_untouched() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let mut server = Locker::start();
     let client = Client::new();
     client.put(&server.url("/lock/a"), &body("k", "r"));

@@ -92,6 +92,9 @@ fn bad_configuration_stops_start_up_with_one_clear_line() {
 
 #[test]
 fn default_state_file_is_in_the_working_directory_and_said_so() {
+    if crate::skipped_on_postgres("it is about the state file") {
+        return;
+    }
     let server = Locker::start_with(Options::default().env("LOCKER_CONFIG", ""));
     assert!(
         server

@@ -23,7 +23,7 @@ use crate::domain::{Hold, Holder, Holders, Lock, Owner, REMEMBERED_REQUESTS};
 /// version 1 (and the journal records it wrote) had only `locked_by`, requestor to count.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct StoredLock {
+pub(crate) struct StoredLock {
     key: String,
     #[serde(default)]
     locked_by: Option<UniqueMap<u64>>,
@@ -66,7 +66,7 @@ fn parse_time(field: &str, text: Option<String>) -> Result<Option<SystemTime>, S
 
 impl StoredLock {
     /// Converts and checks a stored lock; its revision may not exceed `max_revision`.
-    pub(super) fn into_lock(self, max_revision: u64) -> Result<Lock, String> {
+    pub(crate) fn into_lock(self, max_revision: u64) -> Result<Lock, String> {
         let locked_at = parse_time("locked_at", self.locked_at)?;
         if self.revision > max_revision {
             return Err(format!(
@@ -157,7 +157,7 @@ impl StoredHolder {
 }
 
 /// A string-keyed map that refuses duplicate keys instead of keeping the last one.
-pub(super) struct UniqueMap<V>(pub(super) BTreeMap<String, V>);
+pub(crate) struct UniqueMap<V>(pub(crate) BTreeMap<String, V>);
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -183,7 +183,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
 }
 
 /// A lock as storage writes it (version 2).
-pub(super) struct StoredLockView<'a>(pub(super) &'a Lock);
+pub(crate) struct StoredLockView<'a>(pub(crate) &'a Lock);
 
 impl Serialize for StoredLockView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -245,7 +245,7 @@ impl Serialize for HolderView<'_> {
 /// A history entry as stored, in the history file and in a journal record.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct StoredEntry {
+pub(crate) struct StoredEntry {
     id: u64,
     at: String,
     lock: String,
@@ -264,7 +264,7 @@ pub(super) struct StoredEntry {
 }
 
 impl StoredEntry {
-    pub(super) fn of(entry: &crate::domain::Entry) -> StoredEntry {
+    pub(crate) fn of(entry: &crate::domain::Entry) -> StoredEntry {
         StoredEntry {
             id: entry.id,
             at: timestamp(entry.at),
@@ -284,7 +284,7 @@ impl StoredEntry {
         }
     }
 
-    pub(super) fn into_entry(self) -> Result<crate::domain::Entry, String> {
+    pub(crate) fn into_entry(self) -> Result<crate::domain::Entry, String> {
         let action = crate::domain::Action::parse(&self.op)
             .ok_or_else(|| format!("history entry {}: unknown op '{}'", self.id, self.op))?;
         let at = parse_time("at", Some(self.at))?.expect("a time was given");

@@ -5,7 +5,7 @@
 //! - [`journal`]: the batches committed since the state file was last written.
 //! - [`codec`]: how a lock is written to either and read back.
 
-mod codec;
+pub(crate) mod codec;
 mod history;
 mod journal;
 mod state_file;
