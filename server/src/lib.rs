@@ -34,6 +34,7 @@ mod pem;
 mod store;
 
 pub use http::OPENAPI;
+pub use store::postgres::import_state_file;
 
 /// State files as this server writes them, for tools and benchmarks that prepare them.
 pub mod state_file {

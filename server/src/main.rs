@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     match Args::parse_with_help().command {
         None => serve(),
         Some(Command::Healthcheck) => run_healthcheck(),
+        Some(Command::Import { file }) => run_import(&file),
         Some(Command::Client(command)) => cli::run(*command),
     }
 }
@@ -47,6 +48,24 @@ fn serve() -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+fn run_import(file: &std::path::Path) -> ExitCode {
+    let Some(url) = std::env::var("LOCKER_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return fail(
+            "locker import copies into the database of LOCKER_DATABASE_URL, which is not set",
+        );
+    };
+    match locker_server::import_state_file(file, &url) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("import: {e}")),
+    }
 }
 
 fn run_healthcheck() -> ExitCode {

@@ -30,6 +30,15 @@ pub struct Args {
 pub enum Command {
     /// Exit 0 if the server on $PORT of this host answers GET /healthz (for containers)
     Healthcheck,
+    /// Copy a state file's locks into the PostgreSQL database of LOCKER_DATABASE_URL
+    #[command(
+        long_about = "Copy a state file's locks (this server's, with its journal, or the original             server's JSON) into the PostgreSQL database of LOCKER_DATABASE_URL, in one             transaction. Refuses, changing nothing, if any of the locks exists in the database             already. Stop the server that uses the file first: the file's lock is taken, as a             server would."
+    )]
+    Import {
+        /// The state file to copy from
+        #[arg(value_name = "STATE_FILE")]
+        file: PathBuf,
+    },
     #[command(flatten)]
     Client(Box<ClientCommand>),
 }

@@ -396,3 +396,165 @@ fn a_lease_ends_once_whichever_server_ends_it() {
     let (_, lock) = client.get(&a.url("/lock/env"));
     assert_eq!(lock["key"], "", "{lock}");
 }
+
+fn import(file: &std::path::Path, url: &str) -> std::process::Output {
+    std::process::Command::new(locker_testkit::workspace_bin("locker"))
+        .arg("import")
+        .arg(file)
+        .env_clear()
+        .env("LOCKER_DATABASE_URL", url)
+        .output()
+        .expect("run locker import")
+}
+
+/// `locker import` copies a state file's locks (holders, keys, tokens) into the database; a
+/// second import of the same file is refused and changes nothing; tokens given afterwards are
+/// above the imported ones.
+#[test]
+fn import_copies_a_state_file_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("locks.yml");
+    let mut file_server = Locker::start_with(
+        Options::default()
+            .env("LOCKER_CONFIG", &state)
+            .env("LOCKER_DATABASE_URL", ""),
+    );
+    let client = Client::new();
+    for (name, key) in [("prod", "deploy"), ("staging", "tests"), ("free", "x")] {
+        assert_eq!(
+            client
+                .put(
+                    &file_server.url(&format!("/lock/{name}")),
+                    &body(key, "job")
+                )
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        client
+            .delete(&file_server.url("/lock/free"), &body("x", "job"))
+            .0,
+        200
+    );
+    let (_, before) = client.get(&file_server.url("/locks"));
+    file_server.stop();
+
+    let url = postgres::shared().create_database();
+    let out = import(&state, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("imported 3 locks"),
+        "{out:?}"
+    );
+    let server = Locker::start_with(on(&url));
+    let (_, after) = client.get(&server.url("/locks"));
+    assert_eq!(after, before, "the database holds what the file held");
+
+    let again = import(&state, &url);
+    assert!(!again.status.success());
+    let error = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        error.contains("3 of the file's locks exist in the database already (free, prod, staging)")
+            && error.contains("nothing was imported"),
+        "{error}"
+    );
+    assert_eq!(client.get(&server.url("/locks")).1, before);
+
+    let imported_token = before
+        .as_object()
+        .expect("locks by name")
+        .values()
+        .filter_map(|l| l["token"].as_u64())
+        .max();
+    assert!(imported_token.is_some(), "{before}");
+    let (status, lock) = client.put(&server.url("/lock/new"), &body("k", "job"));
+    assert_eq!(status, 200);
+    assert!(
+        lock["lock"]["token"].as_u64() > imported_token,
+        "{lock} after {imported_token:?}"
+    );
+}
+
+/// The original server's JSON is imported as it loads: holders and their counts.
+#[test]
+fn import_reads_the_original_servers_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("locker.yml");
+    let fixture = format!(
+        "{}/tests/fixtures/legacy/typical.yml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(fixture, &state).unwrap();
+    let url = postgres::shared().create_database();
+    let out = import(&state, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Locker::start_with(on(&url));
+    let (_, lock) = Client::new().get(&server.url("/lock/shared-testbed"));
+    assert_eq!(lock["key"], "can-coexist");
+    assert_eq!(
+        crate::holders(&lock),
+        vec![
+            ("coexisting-1".to_string(), 2),
+            ("coexisting-2".to_string(), 1)
+        ]
+    );
+}
+
+#[test]
+fn import_without_a_database_or_a_file_says_what_is_missing() {
+    let out = std::process::Command::new(locker_testkit::workspace_bin("locker"))
+        .args(["import", "/nonexistent/locks.yml"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("LOCKER_DATABASE_URL"),
+        "{out:?}"
+    );
+    let out = import(
+        std::path::Path::new("/nonexistent/locks.yml"),
+        &postgres::shared().url("postgres"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/locks.yml does not exist"),
+        "{out:?}"
+    );
+}
+
+/// Several servers starting together on a new database create the schema once.
+#[test]
+fn servers_starting_together_on_a_new_database_create_the_schema_once() {
+    let url = postgres::shared().create_database();
+    let servers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Locker::start_with(on(&url)))
+        })
+        .collect();
+    let servers: Vec<Locker> = servers.into_iter().map(|s| s.join().unwrap()).collect();
+    let client = Client::new();
+    assert_eq!(
+        client.put(&servers[0].url("/lock/x"), &body("k", "r")).0,
+        200
+    );
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    assert_eq!(
+        postgres::shared().psql(db, "SELECT version FROM locker_schema"),
+        "1\n"
+    );
+    assert_eq!(
+        postgres::shared().psql(db, "SELECT count(*) FROM locker_schema"),
+        "1\n"
+    );
+}

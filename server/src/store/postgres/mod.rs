@@ -25,6 +25,7 @@
 //! pool connects again by itself, and `/healthz` says so (see [`Health`]).
 
 mod connect;
+mod import;
 mod schema;
 
 use std::future::Future;
@@ -36,6 +37,7 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 
 pub use connect::Target;
+pub use import::import_state_file;
 
 use super::backend::{Backend, CommitError, Committed, Health, Request, Wake};
 use super::file::codec::{StoredEntry, StoredLock, StoredLockView};
