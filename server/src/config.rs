@@ -394,6 +394,29 @@ mod tests {
     }
 
     #[test]
+    fn a_database_url_replaces_the_state_file_but_not_together_with_it() {
+        let c = config(&[("LOCKER_DATABASE_URL", "postgres://u:secret@db/locks")]).unwrap();
+        assert_eq!(
+            c.database.as_ref().map(|d| d.0.as_str()),
+            Some("postgres://u:secret@db/locks")
+        );
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password never shows in logs"
+        );
+        let err = config(&[
+            ("LOCKER_DATABASE_URL", "postgres://db/locks"),
+            ("LOCKER_CONFIG", "/data/locks.yml"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("LOCKER_CONFIG and LOCKER_DATABASE_URL are both set")
+                && err.contains("locker import"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn port_out_of_range_is_refused() {
         for bad in ["70000", "-1", "http", ""] {
             let result = config(&[("PORT", bad)]);

@@ -53,8 +53,23 @@ impl Postgres {
         Postgres::start_with(&[])
     }
 
-    /// Makes and starts a fresh cluster with extra server settings (`ssl=on`, ...).
+    /// Makes and starts a fresh cluster that accepts TLS (`ssl=on`) with this certificate
+    /// and key (PEM), and plain connections too.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::make(
+            &[("ssl", "on")],
+            &[("server.crt", cert_pem), ("server.key", key_pem)],
+        )
+    }
+
+    /// Makes and starts a fresh cluster with extra server settings.
     pub fn start_with(settings: &[(&str, &str)]) -> Postgres {
+        Postgres::make(settings, &[])
+    }
+
+    /// Makes a cluster, writes `files` into its data directory (owned by the server's user,
+    /// readable by it alone, as PostgreSQL wants a key), and starts it.
+    fn make(settings: &[(&str, &str)], files: &[(&str, &str)]) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("locker-pg-")
@@ -79,6 +94,15 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        for (name, content) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, content).expect("write a file of the cluster");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if let Some((uid, gid)) = owner {
+                chown(&path, uid, gid);
+            }
+        }
         let postgres = Postgres {
             dir,
             bin,

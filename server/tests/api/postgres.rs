@@ -558,3 +558,52 @@ fn servers_starting_together_on_a_new_database_create_the_schema_once() {
         "1\n"
     );
 }
+
+/// `sslmode=require` with `sslrootcert`: the server connects over TLS and checks the
+/// database's certificate against that CA; a certificate from another CA is refused.
+#[test]
+fn tls_to_the_database_is_verified_against_sslrootcert() {
+    let ca = locker_testkit::TestCa::new();
+    let pg = Postgres::start_with_tls(&ca.cert_pem, &ca.key_pem);
+    let plain = pg.create_database();
+    let files = tempfile::tempdir().unwrap();
+    let root = files.path().join("ca.pem");
+    std::fs::write(&root, &ca.ca_pem).unwrap();
+    let tls_url = plain.replace(
+        "sslmode=disable",
+        &format!("sslmode=require&sslrootcert={}", root.display()),
+    );
+    let server = Locker::start_with(on(&tls_url));
+    assert_eq!(
+        Client::new().put(&server.url("/lock/a"), &body("k", "r")).0,
+        200
+    );
+    let db = plain.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let connections = pg.psql(
+        db,
+        "SELECT count(*) FILTER (WHERE ssl), count(*) FILTER (WHERE NOT ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = 'locker'",
+    );
+    let (tls, plain_count) = connections.trim().split_once('|').expect("two counts");
+    assert!(
+        tls.parse::<u32>().unwrap() >= 1 && plain_count == "0",
+        "every connection of the server uses TLS: {connections}"
+    );
+
+    let other = locker_testkit::TestCa::new();
+    let wrong_root = files.path().join("other-ca.pem");
+    std::fs::write(&wrong_root, &other.ca_pem).unwrap();
+    let wrong_url = plain.replace(
+        "sslmode=disable",
+        &format!("sslmode=require&sslrootcert={}", wrong_root.display()),
+    );
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let refused = Locker::start_on(dir.clone(), dir.path().join("unused.yml"), on(&wrong_url));
+    let failure = refused
+        .err()
+        .expect("a certificate from another CA must be refused");
+    assert!(
+        failure.log.contains("could not connect to the database"),
+        "{}",
+        failure.log
+    );
+}
