@@ -69,6 +69,8 @@ pub struct LockerOptions<'a> {
     pub initial_state: Option<&'a Path>,
     /// `RUST_LOG`: `info` logs a line per request, `warn` nothing per request.
     pub log_level: &'a str,
+    /// A PostgreSQL URL to keep the locks in instead of a state file.
+    pub database: Option<&'a str>,
 }
 
 impl Locker {
@@ -83,11 +85,15 @@ impl Locker {
         let log = File::create(&log_path)?;
         let port = free_port()?;
         let began = Instant::now();
-        let child = locker_command(&options.bin_dir.join("locker"), port, &state, options.dir)
-            .env("RUST_LOG", options.log_level)
-            .stderr(log)
-            .spawn()
-            .context("starting locker")?;
+        let mut command =
+            locker_command(&options.bin_dir.join("locker"), port, &state, options.dir);
+        command.env("RUST_LOG", options.log_level).stderr(log);
+        if let Some(url) = options.database {
+            command
+                .env_remove("LOCKER_CONFIG")
+                .env("LOCKER_DATABASE_URL", url);
+        }
+        let child = command.spawn().context("starting locker")?;
         let mut server = Locker {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

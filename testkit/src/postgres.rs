@@ -67,14 +67,32 @@ impl Postgres {
         Postgres::make(settings, &[])
     }
 
-    /// Makes a cluster, writes `files` into its data directory (owned by the server's user,
-    /// readable by it alone, as PostgreSQL wants a key), and starts it.
+    /// Makes and starts a fresh cluster whose files are in a new directory in `parent` (for
+    /// a benchmark, which must measure the disk it is told to).
+    pub fn start_in(parent: &Path) -> Postgres {
+        Postgres::make_in(Some(parent), &[], &[])
+    }
+
     fn make(settings: &[(&str, &str)], files: &[(&str, &str)]) -> Postgres {
+        Postgres::make_in(None, settings, files)
+    }
+
+    /// Makes a cluster (in `parent`, or the system's temporary directory), writes `files` into
+    /// its data directory (owned by the server's user, readable by it alone, as PostgreSQL
+    /// wants a key), and starts it.
+    fn make_in(
+        parent: Option<&Path>,
+        settings: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> Postgres {
         let bin = bin_dir();
-        let dir = tempfile::Builder::new()
-            .prefix("locker-pg-")
-            .tempdir()
-            .expect("tempdir");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("locker-pg-");
+        let dir = match parent {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
         let owner = unprivileged_user();
@@ -280,6 +298,11 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.order_stop(true);
     }
+}
+
+/// True when PostgreSQL's server binaries are installed (see [`Postgres::start`]).
+pub fn available() -> bool {
+    std::panic::catch_unwind(bin_dir).is_ok()
 }
 
 /// Where Debian's PostgreSQL binaries are (the newest version), or `LOCKER_TEST_PG_BIN`.

@@ -1,6 +1,7 @@
 //! The scenarios of the benchmark, each starting the servers it needs and adding its rows (and
 //! the verdict on its target) to the report; the queue's (11 to 13) are in [`queue`].
 
+mod postgres;
 mod queue;
 
 use std::fs;
@@ -24,7 +25,7 @@ use crate::servers::{self, Etcd, Locker, LockerOptions};
 use crate::state;
 
 /// The number of the last scenario.
-pub const LAST: u8 = 13;
+pub const LAST: u8 = 15;
 /// Concurrent clients in the multi-client scenarios.
 pub const CLIENTS: usize = 64;
 /// Other held locks in the big-table scenario.
@@ -65,6 +66,8 @@ pub struct Bench {
     ceiling: Option<f64>,
     durable_many: Option<Outcome>,
     durable_one: Option<Outcome>,
+    /// Scenario 6's etcd with 64 clients, for scenario 15 to compare with.
+    etcd_many: Option<Outcome>,
 }
 
 impl Bench {
@@ -82,6 +85,7 @@ impl Bench {
             ceiling: None,
             durable_many: None,
             durable_one: None,
+            etcd_many: None,
         })
     }
 
@@ -103,6 +107,7 @@ impl Bench {
                 11 => self.hand_over().await?,
                 12 => self.queue_contention().await?,
                 13 => self.waiter_memory().await?,
+                15 => self.postgres().await?,
                 _ => bail!("there is no scenario {n} (they are 1 to {LAST})"),
             }
         }
@@ -141,6 +146,7 @@ impl Bench {
             dir: dir.path(),
             initial_state: initial,
             log_level,
+            database: None,
         })
         .await?;
         Ok(Running { server, _dir: dir })
@@ -610,6 +616,9 @@ impl Bench {
             }
             self.report.rows.push(row);
             drop(etcd);
+            if n == CLIENTS {
+                self.etcd_many = Some(outcome.clone());
+            }
             outcomes.push(outcome);
         }
         Ok(())
