@@ -114,43 +114,34 @@ impl PgBackend {
     /// Decides and commits one batch in one transaction (see the module's documentation).
     async fn transact(&mut self, requests: &[Request]) -> Result<Committed, String> {
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let statements = Statements::prepare(&client).await?;
         let tx = client.transaction().await.map_err(|e| e.to_string())?;
-        let meta = tx
-            .query_one(
-                "SELECT revision, history_id, seq FROM locker_meta WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let now: SystemTime = tx
-            .query_one("SELECT clock_timestamp()", &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
+        // Sent together (one round trip); the database runs them in order, so the clock is
+        // read once the meta row is ours.
+        let (meta, clock) = tokio::try_join!(
+            tx.query_one(&statements.lock_meta, &[]),
+            tx.query_one(&statements.clock, &[]),
+        )
+        .map_err(|e| e.to_string())?;
+        let now: SystemTime = clock.get(0);
         let (revision, history_id, seq): (i64, i64, i64) = (meta.get(0), meta.get(1), meta.get(2));
 
         // Catch up with what other servers committed.
         let mut caught_up = Vec::new();
         if seq > self.seq {
-            let rows = tx
-                .query(
-                    "SELECT name, lock FROM locker_locks WHERE seq > $1",
-                    &[&self.seq],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let history_id = to_i64(self.table.history_id());
+            let (since, after): (Params<1>, Params<1>) = ([&self.seq], [&history_id]);
+            let (rows, entries) = tokio::try_join!(
+                tx.query(&statements.changed_locks, &since),
+                tx.query(&statements.new_entries, &after),
+            )
+            .map_err(|e| e.to_string())?;
             for row in rows {
                 let (name, lock) = read_lock(&row, revision)?;
                 self.table.load(&name, lock);
                 caught_up.push(name);
             }
-            let entries = tx
-                .query(
-                    "SELECT entry FROM locker_history WHERE id > $1 ORDER BY id",
-                    &[&to_i64(self.table.history_id())],
-                )
-                .await
-                .map_err(|e| e.to_string())?
+            let entries = entries
                 .iter()
                 .map(read_entry)
                 .collect::<Result<Vec<_>, _>>()?;
@@ -178,7 +169,15 @@ impl PgBackend {
             .collect();
         let mut changes = batch.into_changes();
         if !changes.locks.is_empty() {
-            write(&tx, &changes, seq + 1, &self.server, self.history_max).await?;
+            write(
+                &tx,
+                &statements,
+                &changes,
+                seq + 1,
+                &self.server,
+                self.history_max,
+            )
+            .await?;
             tx.commit().await.map_err(|e| e.to_string())?;
             self.seq = seq + 1;
         } else {
@@ -335,10 +334,66 @@ async fn load(
     Ok((table, seq))
 }
 
+/// The parameters of one statement.
+type Params<'a, const N: usize> = [&'a (dyn tokio_postgres::types::ToSql + Sync); N];
+
+/// The statements of a batch, prepared once per connection (deadpool keeps them with it).
+struct Statements {
+    lock_meta: tokio_postgres::Statement,
+    clock: tokio_postgres::Statement,
+    changed_locks: tokio_postgres::Statement,
+    new_entries: tokio_postgres::Statement,
+    upsert_locks: tokio_postgres::Statement,
+    insert_entries: tokio_postgres::Statement,
+    update_meta: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &deadpool_postgres::Client) -> Result<Statements, String> {
+        let prepare = |sql: &'static str| client.prepare_cached(sql);
+        let (lock_meta, clock, changed_locks, new_entries) = tokio::try_join!(
+            prepare("SELECT revision, history_id, seq FROM locker_meta WHERE id = 1 FOR UPDATE"),
+            prepare("SELECT clock_timestamp()"),
+            prepare("SELECT name, lock FROM locker_locks WHERE seq > $1"),
+            prepare("SELECT entry FROM locker_history WHERE id > $1 ORDER BY id"),
+        )
+        .map_err(|e| e.to_string())?;
+        let (upsert_locks, insert_entries, update_meta, notify) = tokio::try_join!(
+            prepare(
+                "INSERT INTO locker_locks (name, seq, lock, deadline)
+                 SELECT name, $2, lock, deadline FROM UNNEST($1::text[], $3::jsonb[], $4::timestamptz[]) AS u(name, lock, deadline)
+                 ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, lock = EXCLUDED.lock, deadline = EXCLUDED.deadline"
+            ),
+            prepare(
+                "INSERT INTO locker_history (id, lock_name, entry)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[])"
+            ),
+            prepare(
+                "UPDATE locker_meta SET revision = $1, history_id = COALESCE($2, history_id), seq = $3 WHERE id = 1"
+            ),
+            prepare("SELECT pg_notify($1, $2)"),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Statements {
+            lock_meta,
+            clock,
+            changed_locks,
+            new_entries,
+            upsert_locks,
+            insert_entries,
+            update_meta,
+            notify,
+        })
+    }
+}
+
 /// Writes a batch's changes in `tx`: the locks, their history entries, the meta row, and a
-/// notification for the other servers (sent when the transaction commits).
+/// notification for the other servers (sent when the transaction commits). The statements go
+/// out together, one round trip.
 async fn write(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
+    statements: &Statements,
     changes: &Changes,
     seq: i64,
     server: &str,
@@ -352,37 +407,33 @@ async fn write(
         locks.push(serde_json::to_value(StoredLockView(lock)).map_err(|e| e.to_string())?);
         deadlines.push(lock.next_deadline());
     }
-    tx.execute(
-        "INSERT INTO locker_locks (name, seq, lock, deadline)
-         SELECT name, $2, lock, deadline FROM UNNEST($1::text[], $3::jsonb[], $4::timestamptz[]) AS u(name, lock, deadline)
-         ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, lock = EXCLUDED.lock, deadline = EXCLUDED.deadline",
-        &[&names, &seq, &locks, &deadlines],
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    if !changes.history.is_empty() {
-        let ids: Vec<i64> = changes.history.iter().map(|e| to_i64(e.id)).collect();
-        let lock_names: Vec<&str> = changes.history.iter().map(|e| e.lock.as_str()).collect();
-        let entries = changes
-            .history
-            .iter()
-            .map(|e| serde_json::to_value(StoredEntry::of(e)))
-            .collect::<Result<Vec<Value>, _>>()
-            .map_err(|e| e.to_string())?;
-        tx.execute(
-            "INSERT INTO locker_history (id, lock_name, entry)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[])",
-            &[&ids, &lock_names, &entries],
-        )
-        .await
+    let ids: Vec<i64> = changes.history.iter().map(|e| to_i64(e.id)).collect();
+    let lock_names: Vec<&str> = changes.history.iter().map(|e| e.lock.as_str()).collect();
+    let entries = changes
+        .history
+        .iter()
+        .map(|e| serde_json::to_value(StoredEntry::of(e)))
+        .collect::<Result<Vec<Value>, _>>()
         .map_err(|e| e.to_string())?;
-    }
     let history_id = changes.history.last().map(|e| to_i64(e.id));
-    tx.execute(
-        "UPDATE locker_meta SET revision = $1, history_id = COALESCE($2, history_id), seq = $3 WHERE id = 1",
-        &[&to_i64(changes.revision), &history_id, &seq],
+    let revision = to_i64(changes.revision);
+    let channel = CHANNEL;
+    let upsert: Params<4> = [&names, &seq, &locks, &deadlines];
+    let insert: Params<3> = [&ids, &lock_names, &entries];
+    let update: Params<3> = [&revision, &history_id, &seq];
+    let notify: Params<2> = [&channel, &server];
+    tokio::try_join!(
+        tx.execute(&statements.upsert_locks, &upsert),
+        async {
+            if ids.is_empty() {
+                Ok(0)
+            } else {
+                tx.execute(&statements.insert_entries, &insert).await
+            }
+        },
+        tx.execute(&statements.update_meta, &update),
+        tx.execute(&statements.notify, &notify),
     )
-    .await
     .map_err(|e| e.to_string())?;
     // Retention: now and then, the entries beyond the newest `history_max` go.
     if let Some(last) = history_id
@@ -393,9 +444,6 @@ async fn write(
             .await
             .map_err(|e| e.to_string())?;
     }
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &server])
-        .await
-        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
