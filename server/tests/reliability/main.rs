@@ -3,6 +3,7 @@
 //! authentication, and the resource's `out` under faults. See README.md in this folder.
 
 mod auth;
+mod compaction;
 mod corrupt_files;
 mod crash;
 mod disk_faults;
