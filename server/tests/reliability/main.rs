@@ -13,6 +13,7 @@ mod history;
 mod hostile;
 mod resource_faults;
 mod slow_clients;
+mod truncation;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
