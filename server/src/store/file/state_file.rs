@@ -318,7 +318,9 @@ impl StateFile {
     /// Returns only once the change is on disk; on error nothing of it is.
     pub fn commit(&mut self, table: &LockTable, changes: &Changes) -> io::Result<()> {
         if self.needs_snapshot {
-            self.compactor.wait();
+            if let Some(done) = self.compactor.wait() {
+                self.take(done);
+            }
             let capacity = self.snapshot_len as usize + 4096;
             self.snapshot_len = self.files.write_state(table, changes, capacity)?;
             self.files.sync_history(table, &changes.history)?;
