@@ -197,9 +197,9 @@ const AFTER_RENAME: (Call, &str) = (Call::Rename, "locker.yml.tmp");
 fn killed_while_the_spare_segment_is_written() {
     // Before the first compaction the spare segment is made; then the first fold makes the
     // next one.
-    killed_while(stall(Call::Write, "locker.yml.journal.tmp", &[]), None);
+    killed_while(stall(Call::Fsync, "locker.yml.journal.tmp", &[]), None);
     killed_while(
-        stall(Call::Write, "locker.yml.journal.tmp", &[AFTER_RENAME]),
+        stall(Call::Fsync, "locker.yml.journal.tmp", &[AFTER_RENAME]),
         None,
     );
 }

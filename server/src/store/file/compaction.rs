@@ -8,9 +8,9 @@
 //! 1. writes the table into a new state file: a temporary file, fsynced, renamed over the
 //!    state file, then the directory fsynced;
 //! 2. makes the history file durable with the entries the old segment carried;
-//! 3. only then replaces the old segment with a fresh one full of zeros (written and fsynced
-//!    under a temporary name, renamed over it, the directory fsynced), which it hands back, open,
-//!    as the next spare.
+//! 3. only then replaces the old segment with a fresh, empty one (created and fsynced under a
+//!    temporary name, renamed over it, the directory fsynced), which it hands back, open, as
+//!    the next spare.
 //!
 //! A crash at any point leaves the old segment in place until the state file and the history
 //! file hold what it held, so loading replays it (or skips its records, which are at or below

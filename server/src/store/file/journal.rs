@@ -19,9 +19,10 @@
 //! There are two segments, `<file>.journal` and `<file>.journal.2`, written in turn: one takes
 //! new batches while the other is folded into the state file and then replaced by a fresh,
 //! empty one. Which is which is told by their records (the older holds lower revisions).
-//! Segments are preallocated: written full of zeros and fsynced once when created, then
-//! overwritten in place, so the fsync after an append need not commit a new file size. A record
-//! never starts with a NUL byte, so the records end at the first one (or at the end of the file).
+//! Records are written in place after the last one; a segment may end in zeros written ahead of
+//! time (which spares the fsync after an append a new file size to commit; see
+//! `StateFile::segment_len` for why none are written now). A record never starts with a NUL
+//! byte, so the records end at the first one (or at the end of the file).
 //!
 //! A record is acknowledged only after it is fsynced; a crash in the middle of an append leaves
 //! an incomplete last record (followed by zeros or by the end of the file), which was never
@@ -403,7 +404,7 @@ impl Segment {
         Segment::resume(path, file, good_len, data_end)
     }
 
-    /// Takes an open segment file, written full of zeros and fsynced, with no record in it.
+    /// Takes an open segment file with no record in it (empty, or zeros), its name durable.
     pub fn fresh(path: &Path, file: File) -> io::Result<Segment> {
         Segment::resume(path, file, 0, 0)
     }

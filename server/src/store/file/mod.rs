@@ -7,7 +7,7 @@
 //!
 //! - [`state_file`]: the state file, its format, loading, and what the writer does per batch.
 //! - [`journal`]: the batches committed since the state file was last written, in two
-//!   segments written in turn, preallocated with zeros.
+//!   segments written in turn.
 //! - [`compaction`]: folding a segment into the state file in the background.
 //! - [`history`]: the history file beside them.
 //! - [`codec`]: how a lock is written to either and read back.
@@ -155,13 +155,6 @@ mod tests {
             folded > 100,
             "the state file was rewritten in the background (revision {folded})"
         );
-        for segment in &segments {
-            assert!(
-                std::fs::metadata(segment).unwrap().len() >= 1 << 20,
-                "{} was written full of zeros ahead of time",
-                segment.display()
-            );
-        }
         let table = backend.table.clone();
 
         // A crash now (no finish): both segments and the state file load to the same table.
