@@ -168,12 +168,13 @@ fn no_entry_of_an_acknowledged_change_is_lost_to_a_crash() {
     server.kill();
     let history_file = format!("{}.history", server.state_file().display());
     let written = std::fs::read(&history_file).expect("the history file");
+    // The entries reach the history file at the next compaction; until then the journal
+    // holds them (and whatever the file holds may be cut).
     let cut = written
         .iter()
         .take(written.len() / 2)
         .rposition(|&b| b == b'\n')
-        .unwrap()
-        + 1;
+        .map_or(0, |i| i + 1);
     std::fs::write(&history_file, &written[..cut]).unwrap();
     server.restart();
     assert_eq!(history(&server, "/history"), before);

@@ -10,6 +10,17 @@
 //! - `Fault::FailingSync` acts like a disk whose writes fail: writes land in the page cache,
 //!   but `fsync` reports `EIO`, so nothing is known to be on disk.
 //!
+//! It can also stand for a machine about to lose power:
+//!
+//! - [`FaultyDisk::stall`] holds a chosen call (the write or fsync of a file, a rename, a
+//!   directory fsync) until [`FaultyDisk::power_cut`]: the server sits in that call, other calls
+//!   go on (several FUSE threads), and the test can SIGKILL it there. The stalled call then
+//!   fails without effect.
+//! - It keeps what a real disk is sure to hold after a power cut: a file's data as of its last
+//!   fsync, and the directory's names as of its last fsync. [`FaultyDisk::power_cut`] can put
+//!   the directory back to exactly that, the least a crash may leave; without it the test sees
+//!   the most (everything the server wrote, as after a plain SIGKILL).
+//!
 //! The directory is flat (the server keeps its files side by side), which keeps the inode
 //! bookkeeping to one map by name. Mounting needs `/dev/fuse` and root.
 
@@ -20,7 +31,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -38,11 +49,79 @@ pub enum Fault {
     FailingSync = 2,
 }
 
+/// A file system call, as a stall names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// A write to the file named.
+    Write,
+    /// An fsync (or fdatasync) of the file named.
+    Fsync,
+    /// A rename of the file named (to any name).
+    Rename,
+    /// An fsync of the directory (the name is ignored).
+    FsyncDir,
+}
+
+/// Which call to hold: the first `call` of `name` once the calls in `after` have been seen,
+/// in that order.
+#[derive(Debug, Clone)]
+pub struct Stall {
+    pub call: Call,
+    pub name: String,
+    pub after: Vec<(Call, String)>,
+}
+
+/// The stall's progress, shared with the FUSE threads.
+#[derive(Default)]
+struct StallState {
+    armed: Option<Stall>,
+    /// How many of the `after` calls were seen.
+    after_seen: usize,
+    /// Set once a call is held.
+    reached: bool,
+    /// Set by the power cut: held calls fail, and so does every later one.
+    dead: bool,
+}
+
+/// What a power cut is sure to leave: each file's data at its last fsync (by inode), the
+/// names at the directory's last fsync, and the writes since, by inode.
+#[derive(Default)]
+struct Durable {
+    data: HashMap<u64, Vec<u8>>,
+    names: HashMap<OsString, u64>,
+    pending: HashMap<u64, Vec<Pending>>,
+}
+
+enum Pending {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+impl Durable {
+    fn fsync(&mut self, ino: u64) {
+        let data = self.data.entry(ino).or_default();
+        for op in self.pending.remove(&ino).unwrap_or_default() {
+            match op {
+                Pending::Write(offset, bytes) => {
+                    let end = offset as usize + bytes.len();
+                    if data.len() < end {
+                        data.resize(end, 0);
+                    }
+                    data[offset as usize..end].copy_from_slice(&bytes);
+                }
+                Pending::SetLen(len) => data.resize(len as usize, 0),
+            }
+        }
+    }
+}
+
 /// A mounted faulty disk; unmounted on drop. Files are kept in `backing`.
 pub struct FaultyDisk {
     pub mount_point: PathBuf,
     pub backing: PathBuf,
     fault: Arc<AtomicU8>,
+    stall: Arc<(Mutex<StallState>, Condvar)>,
+    durable: Arc<Mutex<Durable>>,
     _session: BackgroundSession,
     /// Dropped after the session: the directory outlives the mount in it.
     _dir: Arc<tempfile::TempDir>,
@@ -61,19 +140,27 @@ impl FaultyDisk {
             std::fs::create_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
         let fault = Arc::new(AtomicU8::new(Fault::None as u8));
+        let stall = Arc::new((Mutex::new(StallState::default()), Condvar::new()));
+        let durable = Arc::new(Mutex::new(Durable::default()));
         let fs = Passthrough {
             backing: backing.clone(),
             fault: fault.clone(),
             inner: Mutex::new(Inner::default()),
+            stall: stall.clone(),
+            durable: durable.clone(),
         };
         let mut config = Config::default();
         config.mount_options = vec![MountOption::FSName("locker-faulty-disk".into())];
+        // Several threads, so that a stalled call does not hold up the others.
+        config.n_threads = Some(4);
         let session = fuser::spawn_mount(fs, &mount_point, &config)
             .map_err(|e| format!("cannot mount a FUSE file system ({e})"))?;
         Ok(FaultyDisk {
             mount_point,
             backing,
             fault,
+            stall,
+            durable,
             _session: session,
             _dir: temp,
         })
@@ -82,6 +169,46 @@ impl FaultyDisk {
     pub fn set(&self, fault: Fault) {
         self.fault.store(fault as u8, Ordering::SeqCst);
     }
+
+    /// Holds the call `stall` names, when it comes, until the power cut.
+    pub fn stall(&self, stall: Stall) {
+        let mut state = lock(&self.stall.0);
+        *state = StallState {
+            armed: Some(stall),
+            ..StallState::default()
+        };
+    }
+
+    /// True once the stalled call has come (and is held).
+    pub fn stalled(&self) -> bool {
+        lock(&self.stall.0).reached
+    }
+
+    /// The power goes: every held and later call fails without effect. With `least`, the
+    /// backing directory is then put back to what the disk was sure to hold (see the module
+    /// doc); call it once the server is dead.
+    pub fn power_cut(&self, least: bool) {
+        {
+            let mut state = lock(&self.stall.0);
+            state.dead = true;
+            self.stall.1.notify_all();
+        }
+        if !least {
+            return;
+        }
+        let durable = lock(&self.durable);
+        for entry in std::fs::read_dir(&self.backing).expect("read the backing directory") {
+            std::fs::remove_file(entry.expect("a directory entry").path()).expect("remove a file");
+        }
+        for (name, ino) in &durable.names {
+            let data = durable.data.get(ino).map_or(&[][..], Vec::as_slice);
+            std::fs::write(self.backing.join(name), data).expect("write a file back");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// No caching in the kernel: every call reaches the file system, so a fault takes effect at once.
@@ -91,6 +218,8 @@ struct Passthrough {
     backing: PathBuf,
     fault: Arc<AtomicU8>,
     inner: Mutex<Inner>,
+    stall: Arc<(Mutex<StallState>, Condvar)>,
+    durable: Arc<Mutex<Durable>>,
 }
 
 /// Inode numbers by name (the root is 1), and the open files by handle.
@@ -139,6 +268,39 @@ impl Passthrough {
 
     fn read_only(&self) -> bool {
         self.fault() == Fault::ReadOnly
+    }
+
+    /// Called before `call` on `name` is carried out: holds it if it is the stalled one, until
+    /// the power cut. Returns false when the power is gone (the call must fail, with no effect).
+    fn proceed(&self, call: Call, name: &OsStr) -> bool {
+        let mut state = lock(&self.stall.0);
+        if state.dead {
+            return false;
+        }
+        let Some(stall) = state.armed.clone() else {
+            return true;
+        };
+        let named = |c: Call, n: &str| c == call && (c == Call::FsyncDir || name == OsStr::new(n));
+        if let Some((c, n)) = stall.after.get(state.after_seen) {
+            if named(*c, n) {
+                state.after_seen += 1;
+            }
+            return true;
+        }
+        if state.reached || !named(stall.call, &stall.name) {
+            return true;
+        }
+        state.reached = true;
+        self.stall.1.notify_all();
+        while !state.dead {
+            state = self.stall.1.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        false
+    }
+
+    /// The name of an inode (empty for the root or one not known).
+    fn name(&self, ino: INodeNo) -> OsString {
+        self.inner().names.get(&ino.0).cloned().unwrap_or_default()
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -235,6 +397,16 @@ impl Filesystem for Passthrough {
         if self.read_only() {
             return reply.error(Errno::EROFS);
         }
+        if !self.proceed(Call::Write, &self.name(ino)) {
+            return reply.error(Errno::EIO);
+        }
+        if let Some(size) = size {
+            lock(&self.durable)
+                .pending
+                .entry(ino.0)
+                .or_default()
+                .push(Pending::SetLen(size));
+        }
         let changed = self.path(ino).and_then(|path| {
             if let Some(size) = size {
                 OpenOptions::new()
@@ -290,6 +462,10 @@ impl Filesystem for Passthrough {
         if self.read_only() {
             return reply.error(Errno::EROFS);
         }
+        if lock(&self.stall.0).dead {
+            return reply.error(Errno::EIO);
+        }
+        let existed = self.backing.join(name).exists();
         let created = OpenOptions::new()
             .read(true)
             .write(true)
@@ -305,6 +481,13 @@ impl Filesystem for Passthrough {
             let mut inner = self.inner();
             (INodeNo(inner.inode(name)), inner.keep(file))
         };
+        if existed && flags & libc::O_TRUNC != 0 {
+            lock(&self.durable)
+                .pending
+                .entry(ino.0)
+                .or_default()
+                .push(Pending::SetLen(0));
+        }
         match self.attr(ino) {
             Ok(attr) => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -337,7 +520,7 @@ impl Filesystem for Passthrough {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -349,6 +532,14 @@ impl Filesystem for Passthrough {
         if self.read_only() {
             return reply.error(Errno::EROFS);
         }
+        if !self.proceed(Call::Write, &self.name(ino)) {
+            return reply.error(Errno::EIO);
+        }
+        lock(&self.durable)
+            .pending
+            .entry(ino.0)
+            .or_default()
+            .push(Pending::Write(offset, data.to_vec()));
         match self.with_file(fh, |file| file.write_all_at(data, offset)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
@@ -383,7 +574,7 @@ impl Filesystem for Passthrough {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
@@ -391,8 +582,16 @@ impl Filesystem for Passthrough {
         if self.fault() == Fault::FailingSync {
             return reply.error(Errno::EIO);
         }
-        match self.with_file(fh, File::sync_all) {
-            Ok(()) => reply.ok(),
+        if !self.proceed(Call::Fsync, &self.name(ino)) {
+            return reply.error(Errno::EIO);
+        }
+        // No real fsync: what a power cut would leave is what `Durable` keeps, and the tests
+        // run faster without the backing disk's fsyncs.
+        match self.with_file(fh, |_| Ok(())) {
+            Ok(()) => {
+                lock(&self.durable).fsync(ino.0);
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -408,8 +607,15 @@ impl Filesystem for Passthrough {
         if self.fault() == Fault::FailingSync {
             return reply.error(Errno::EIO);
         }
-        match File::open(&self.backing).and_then(|dir| dir.sync_all()) {
-            Ok(()) => reply.ok(),
+        if !self.proceed(Call::FsyncDir, OsStr::new("")) {
+            return reply.error(Errno::EIO);
+        }
+        match std::fs::metadata(&self.backing) {
+            Ok(_) => {
+                let names = self.inner().inodes.clone();
+                lock(&self.durable).names = names;
+                reply.ok()
+            }
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -430,6 +636,9 @@ impl Filesystem for Passthrough {
         if self.read_only() {
             return reply.error(Errno::EROFS);
         }
+        if !self.proceed(Call::Rename, name) {
+            return reply.error(Errno::EIO);
+        }
         if let Err(e) = std::fs::rename(self.backing.join(name), self.backing.join(newname)) {
             return reply.error(Errno::from(e));
         }
@@ -448,6 +657,9 @@ impl Filesystem for Passthrough {
         }
         if self.read_only() {
             return reply.error(Errno::EROFS);
+        }
+        if lock(&self.stall.0).dead {
+            return reply.error(Errno::EIO);
         }
         match std::fs::remove_file(self.backing.join(name)) {
             Ok(()) => {

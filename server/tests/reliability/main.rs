@@ -3,6 +3,7 @@
 //! authentication, and the resource's `out` under faults. See README.md in this folder.
 
 mod auth;
+mod compaction;
 mod corrupt_files;
 mod crash;
 mod disk_faults;
@@ -12,6 +13,7 @@ mod history;
 mod hostile;
 mod resource_faults;
 mod slow_clients;
+mod truncation;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,11 +1,12 @@
 //! The history file: the table's history entries, one JSON line each, beside the state file.
 //!
 //! Each batch's entries are durable first in its journal record (the same fsync as the
-//! change); they are appended here without an fsync, and this file is fsynced before the
-//! journal is emptied. So after a crash every entry of an acknowledged change is either here
-//! or in the journal, and loading appends the journal's entries that are missing here. Lines
-//! are cut back to the last complete one. When the file holds twice as many entries as are
-//! kept, it is rewritten with the kept ones, so the disk use is bounded.
+//! change). The compaction thread appends the entries a journal segment carried and fsyncs
+//! this file before it removes that segment (and so does the writer at shutdown). So after a
+//! crash every entry of an acknowledged change is either here or in the journal, and loading
+//! takes the journal's entries that are missing here. Lines are cut back to the last complete
+//! one. When the file holds twice as many entries as are kept, it is rewritten with the kept
+//! ones, so the disk use is bounded.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
@@ -84,9 +85,13 @@ impl HistoryFile {
         Ok((history, entries))
     }
 
-    /// Appends entries (not fsynced: their journal record holds them until [`Self::sync`]).
-    pub fn append(&mut self, entries: &[Entry]) {
-        let entries: Vec<&Entry> = entries.iter().filter(|e| e.id > self.last_id).collect();
+    /// Appends the entries not in the file yet (not fsynced: their journal record holds them
+    /// until [`Self::sync`]).
+    pub fn append<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) {
+        let entries: Vec<&Entry> = entries
+            .into_iter()
+            .filter(|e| e.id > self.last_id)
+            .collect();
         if entries.is_empty() || self.damaged {
             self.damaged |= !entries.is_empty();
             return;

@@ -1,97 +1,299 @@
-//! The journal: an append-only file of committed batches next to the state file.
+//! The journal: the batches committed since the state file was last written, in one or two
+//! segment files next to it.
 //!
 //! Rewriting the whole YAML state file for every batch costs time in proportion to the table
 //! (tens of milliseconds at 10,000 locks), so each batch is appended here instead and the
-//! state file is rewritten only now and then (compaction). One record per batch, one line per
-//! record:
+//! state file is rewritten only now and then, on the compaction thread (see
+//! [`super::compaction`]). One record per batch, one line per record:
 //!
 //! ```text
-//! 1c291ca3 {"revision":43,"locks":{"prod":{"key":"k","locked_by":{"r":1},"revision":43,"locked_at":"..."}}}
+//! 1c291ca3 {"revision":43,"after":41,"locks":{"prod":{"key":"k","locked_by":{"r":1},"revision":43,"locked_at":"..."}}}
 //! ```
 //!
 //! The first eight characters are the CRC-32 of the JSON after the space. A record holds the
 //! complete new state of every lock the batch changed, so replaying it is idempotent, and
 //! records at or below the state file's revision (left by a crash during compaction) are
-//! skipped. A record is acknowledged only after it is fsynced; a crash in the middle of an
-//! append leaves an incomplete last line, which was never acknowledged and is dropped on load.
-//! A damaged record followed by others is real damage, and loading stops with an error.
+//! skipped. `after` is the revision of the record before it (or of the state file it was
+//! written on), so a missing record shows as a gap; records written before it have none.
+//!
+//! There are two segments, `<file>.journal` and `<file>.journal.2`, written in turn: one takes
+//! new batches while the other is folded into the state file and then replaced by a fresh,
+//! empty one. Which is which is told by their records (the older holds lower revisions).
+//! Records are written in place after the last one; a segment may end in zeros written ahead of
+//! time (which spares the fsync after an append a new file size to commit; see
+//! `StateFile::segment_len` for why none are written now). A record never starts with a NUL
+//! byte, so the records end at the first one (or at the end of the file).
+//!
+//! A record is acknowledged only after it is fsynced; a crash in the middle of an append leaves
+//! an incomplete last record (followed by zeros or by the end of the file), which was never
+//! acknowledged and is dropped on load. A damaged or incomplete record followed by an intact
+//! one is real damage, and loading stops with an error naming the file and line.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::codec::{StoredEntry, StoredLock, StoredLockView, UniqueMap};
-use crate::domain::Changes;
+use crate::domain::{Changes, Entry};
 
-/// What loading the journal found.
+use std::collections::BTreeMap;
+
+/// The file names of the two segments, after the state file's: the first is also the name of
+/// the single journal that earlier versions wrote.
+pub(super) const SEGMENT_SUFFIXES: [&str; 2] = ["journal", "journal.2"];
+
+/// One record as read.
+#[derive(Debug)]
+pub(super) struct Record {
+    /// Its line in the segment, from 1.
+    pub line: usize,
+    pub changes: Changes,
+    /// The revision of the record before it, when it says.
+    pub after: Option<u64>,
+}
+
+/// What reading one segment found.
+#[derive(Debug, Default)]
+pub(super) struct SegmentRead {
+    /// True when the file exists.
+    pub exists: bool,
+    /// Every intact record, in order.
+    pub records: Vec<Record>,
+    /// Bytes of intact records; writing goes on from here.
+    pub good_len: u64,
+    /// The end of the last byte that is not zero: `good_len..data_end` holds an incomplete
+    /// record, to be zeroed before anything is written there.
+    pub data_end: u64,
+    /// Why the records end before `data_end`, when they do (an interrupted append).
+    pub torn: Option<String>,
+}
+
+/// Reads the segment at `path` (absent means empty) without holding it in memory whole.
+pub(super) fn read_segment(path: &Path) -> Result<SegmentRead, String> {
+    let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SegmentRead::default()),
+        Err(e) => return Err(cannot(e)),
+    };
+    let mut reader = io::BufReader::with_capacity(1 << 16, file);
+    let mut read = SegmentRead {
+        exists: true,
+        ..SegmentRead::default()
+    };
+    let mut piece = Vec::new();
+    let mut offset = 0u64;
+    let mut line = 0usize;
+    // The records, up to the zeros, the end of the file, or a line that is not one.
+    let end = loop {
+        if at_nul_or_end(&mut reader).map_err(cannot)? {
+            break None;
+        }
+        line += 1;
+        let complete = next_piece(&mut reader, &mut piece).map_err(cannot)?;
+        if !complete {
+            break Some("an incomplete record".to_string());
+        }
+        match parse_record(&piece[..piece.len() - 1]) {
+            Ok((changes, after)) => {
+                offset += piece.len() as u64;
+                read.records.push(Record {
+                    line,
+                    changes,
+                    after,
+                });
+            }
+            Err(reason) => break Some(reason),
+        }
+    };
+    read.good_len = offset;
+    read.data_end = offset;
+    let Some(reason) = end else {
+        // Zeros (or nothing) follow; check that they are all zeros.
+        read.data_end = offset + rest_data_end(&mut reader, path, line, "zeros")?;
+        return Ok(read);
+    };
+    // What follows a line that is not a record must hold no intact record.
+    let rest = rest_data_end(&mut reader, path, line, &reason)?;
+    read.data_end = offset + piece.len() as u64 + rest;
+    if rest == 0 {
+        read.data_end = offset + trimmed_len(&piece) as u64;
+    }
+    read.torn = Some(format!("line {line}: {reason}"));
+    Ok(read)
+}
+
+/// The length of `piece` without the zeros at its end.
+fn trimmed_len(piece: &[u8]) -> usize {
+    piece.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// True at a NUL byte or the end of the file (neither is consumed).
+fn at_nul_or_end(reader: &mut impl BufRead) -> io::Result<bool> {
+    let buf = reader.fill_buf()?;
+    Ok(buf.first().is_none_or(|&b| b == 0))
+}
+
+/// Reads up to and including the next newline, or up to (not including) the next NUL byte or
+/// the end of the file; returns true when it ended with a newline.
+fn next_piece(reader: &mut impl BufRead, piece: &mut Vec<u8>) -> io::Result<bool> {
+    piece.clear();
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match buf.iter().position(|&b| b == b'\n' || b == 0) {
+            Some(i) if buf[i] == b'\n' => {
+                piece.extend_from_slice(&buf[..=i]);
+                reader.consume(i + 1);
+                return Ok(true);
+            }
+            Some(i) => {
+                piece.extend_from_slice(&buf[..i]);
+                reader.consume(i);
+                return Ok(false);
+            }
+            None => {
+                let n = buf.len();
+                piece.extend_from_slice(buf);
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// Reads the rest of a segment after its records ended at line `line` (for `why`): returns
+/// how far from here its last byte that is not zero lies (0 when all are zeros), or an error
+/// when an intact record lies there, which an interrupted append cannot leave.
+fn rest_data_end(
+    reader: &mut impl BufRead,
+    path: &Path,
+    line: usize,
+    why: &str,
+) -> Result<u64, String> {
+    let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
+    let mut pos = 0u64;
+    let mut data_end = 0u64;
+    let mut piece = Vec::new();
+    loop {
+        let buf = reader.fill_buf().map_err(cannot)?;
+        if buf.is_empty() {
+            return Ok(data_end);
+        }
+        match buf.iter().position(|&b| b != 0) {
+            None => {
+                let n = buf.len();
+                pos += n as u64;
+                reader.consume(n);
+            }
+            Some(i) => {
+                pos += i as u64;
+                reader.consume(i);
+                let complete = next_piece(reader, &mut piece).map_err(cannot)?;
+                pos += piece.len() as u64;
+                data_end = pos;
+                if complete && parse_record(&piece[..piece.len() - 1]).is_ok() {
+                    return Err(match why {
+                        "zeros" => format!(
+                            "{} holds an intact record after the zeros that end line {line}: the segment is damaged",
+                            path.display()
+                        ),
+                        _ => format!(
+                            "{} line {} is damaged ({why}) and more records follow it",
+                            path.display(),
+                            line.max(1)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What loading both segments found.
 #[derive(Debug, Default)]
 pub(super) struct Replay {
     /// The batches, in order, with revisions above the state file's.
     pub batches: Vec<Changes>,
-    /// Bytes of intact records; anything after this is an incomplete last record.
-    pub good_len: u64,
-    /// True when an incomplete last record was found (and will be cut off).
-    pub torn_tail: bool,
+    /// The history entries of the records at or below the state file's revision: a crash
+    /// after the state file was written may have kept them from the history file.
+    pub skipped_history: Vec<Entry>,
+    /// Each segment as read, by [`SEGMENT_SUFFIXES`] index.
+    pub segments: [SegmentRead; 2],
+    /// The segment that takes new batches: the one holding the latest records.
+    pub live: usize,
+    /// The revision of the last record read (or `after_revision` when there is none above it).
+    pub last_revision: u64,
 }
 
-/// Reads the journal at `path` (absent means empty), keeping batches above `after_revision`.
-pub(super) fn read(path: &Path, after_revision: u64) -> Result<Replay, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+/// Reads both segments (`paths`, by [`SEGMENT_SUFFIXES`] index), the older first, keeping the
+/// batches above `after_revision` (the state file's). Revisions must increase across both, and
+/// a record that says which one it follows must follow the one before it.
+pub(super) fn read(paths: &[PathBuf; 2], after_revision: u64) -> Result<Replay, String> {
+    let segments = [read_segment(&paths[0])?, read_segment(&paths[1])?];
+    let first = |s: &SegmentRead| s.records.first().map(|r| r.changes.revision);
+    // Older first: a segment without records goes first, so that the other is live.
+    let order = match (first(&segments[0]), first(&segments[1])) {
+        (Some(a), Some(b)) if a < b => [0, 1],
+        (None, Some(_)) => [0, 1],
+        _ => [1, 0],
     };
-    let mut replay = Replay::default();
-    let mut offset = 0usize;
-    let mut last_revision = after_revision;
-    let mut line_no = 0;
-    while offset < bytes.len() {
-        line_no += 1;
-        let rest = &bytes[offset..];
-        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-            // An append that never finished: never fsynced, never acknowledged.
-            replay.torn_tail = true;
-            break;
-        };
-        let line = &rest[..end];
-        match parse_record(line) {
-            Ok(changes) => {
-                if changes.revision > after_revision {
-                    if changes.revision <= last_revision {
-                        return Err(format!(
-                            "{} line {line_no}: revision {} does not follow {last_revision}",
-                            path.display(),
-                            changes.revision
-                        ));
-                    }
-                    last_revision = changes.revision;
-                    replay.batches.push(changes);
-                }
-            }
-            Err(reason) if offset + end + 1 == bytes.len() => {
-                // A damaged last line can only come from an interrupted append.
-                tracing::warn!("{} line {line_no}: {reason}", path.display());
-                replay.torn_tail = true;
-                break;
-            }
-            Err(reason) => {
+    let mut replay = Replay {
+        live: order[1],
+        last_revision: after_revision,
+        ..Replay::default()
+    };
+    let mut last_revision = 0u64;
+    let mut applied: Option<u64> = None;
+    for &i in &order {
+        let path = &paths[i];
+        let segment = &segments[i];
+        for record in &segment.records {
+            let revision = record.changes.revision;
+            if revision <= last_revision {
                 return Err(format!(
-                    "{} line {line_no} is damaged ({reason}) and more records follow it",
-                    path.display()
+                    "{} line {}: revision {revision} does not follow {last_revision}",
+                    path.display(),
+                    record.line
                 ));
             }
+            last_revision = revision;
+            if revision <= after_revision {
+                replay
+                    .skipped_history
+                    .extend(record.changes.history.iter().cloned());
+                continue;
+            }
+            if let Some(after) = record.after {
+                let expected = applied.unwrap_or(after_revision);
+                let gap = match applied {
+                    Some(previous) => after != previous,
+                    None => after > after_revision,
+                };
+                if gap {
+                    return Err(format!(
+                        "{} line {}: the record follows revision {after}, but the last one before it is revision {expected}: records are missing (a segment was cut short or removed)",
+                        path.display(),
+                        record.line
+                    ));
+                }
+            }
+            applied = Some(revision);
+            replay.batches.push(record.changes.clone());
         }
-        offset += end + 1;
     }
-    replay.good_len = offset as u64;
+    replay.last_revision = applied.unwrap_or(after_revision);
+    replay.segments = segments;
     Ok(replay)
 }
 
-fn parse_record(line: &[u8]) -> Result<Changes, String> {
+/// Reads one record line (without its newline): the batch, and the revision it follows.
+fn parse_record(line: &[u8]) -> Result<(Changes, Option<u64>), String> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
     let (crc, json) = text
         .split_once(' ')
@@ -114,40 +316,46 @@ fn parse_record(line: &[u8]) -> Result<Changes, String> {
         .into_iter()
         .map(StoredEntry::into_entry)
         .collect::<Result<_, _>>()?;
-    Ok(Changes {
+    let changes = Changes {
         revision: record.revision,
         locks,
         history,
         ..Changes::default()
-    })
+    };
+    Ok((changes, record.after))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredRecord {
     revision: u64,
+    /// The revision of the record before it (records written before it have none).
+    #[serde(default)]
+    after: Option<u64>,
     locks: UniqueMap<StoredLock>,
     /// The history entries of the batch (records written before the history have none).
     #[serde(default)]
     history: Vec<StoredEntry>,
 }
 
-/// Formats one record line, checksum first.
-pub(super) fn encode(changes: &Changes) -> io::Result<Vec<u8>> {
-    let json = serde_json::to_vec(&Record(changes)).map_err(io::Error::other)?;
+/// Formats one record line, checksum first: `changes`, written after the record (or state
+/// file) at revision `after`.
+pub(super) fn encode(changes: &Changes, after: u64) -> io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(&RecordView(changes, after)).map_err(io::Error::other)?;
     let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
     line.extend_from_slice(&json);
     line.push(b'\n');
     Ok(line)
 }
 
-struct Record<'a>(&'a Changes);
+struct RecordView<'a>(&'a Changes, u64);
 
-impl Serialize for Record<'_> {
+impl Serialize for RecordView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let history = &self.0.history;
-        let mut map = s.serialize_map(Some(2 + usize::from(!history.is_empty())))?;
+        let mut map = s.serialize_map(Some(3 + usize::from(!history.is_empty())))?;
         map.serialize_entry("revision", &self.0.revision)?;
+        map.serialize_entry("after", &self.1)?;
         map.serialize_entry("locks", &ChangedLocks(&self.0.locks))?;
         if !history.is_empty() {
             let stored: Vec<StoredEntry> = history.iter().map(StoredEntry::of).collect();
@@ -169,81 +377,114 @@ impl Serialize for ChangedLocks<'_> {
     }
 }
 
-/// The open journal, appended to with every batch.
+/// The segment taking new batches: records are written in place over its zeros (or appended
+/// past them) and fsynced.
 #[derive(Debug)]
-pub(super) struct Journal {
+pub(super) struct Segment {
     path: PathBuf,
     file: File,
-    /// Length of the intact records; the file is cut back to it after a failed append.
+    /// Bytes of intact records: the next one is written here.
     len: u64,
-    /// Set when a failed append could not be cut back; the next append retries the cut.
+    /// The file's length when nothing is being written: `len..capacity` is zeros.
+    capacity: u64,
+    /// Set when a failed write could not be undone; the next append retries.
     dirty: bool,
 }
 
-impl Journal {
-    /// Opens the journal for appending, cutting off an incomplete last record.
-    pub fn open(path: &Path, good_len: u64) -> io::Result<Journal> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let mut journal = Journal {
+impl Segment {
+    /// Opens (or creates) the segment at `path` to write after its `good_len` bytes of
+    /// records, zeroing what lies up to `data_end` (an interrupted append).
+    pub fn open(path: &Path, good_len: u64, data_end: u64) -> io::Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Segment::resume(path, file, good_len, data_end)
+    }
+
+    /// Takes an open segment file with no record in it (empty, or zeros), its name durable.
+    pub fn fresh(path: &Path, file: File) -> io::Result<Segment> {
+        Segment::resume(path, file, 0, 0)
+    }
+
+    fn resume(path: &Path, file: File, good_len: u64, data_end: u64) -> io::Result<Segment> {
+        let file_len = file.metadata()?.len();
+        let mut segment = Segment {
             path: path.to_owned(),
             file,
             len: good_len,
-            dirty: true,
+            capacity: file_len,
+            dirty: data_end > good_len,
         };
-        journal.cut_back()?;
-        Ok(journal)
+        if segment.dirty {
+            segment.undo(data_end.min(file_len))?;
+        }
+        Ok(segment)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Bytes of records in the journal.
+    /// Bytes of records in the segment.
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends `line` and fsyncs it. On error the journal is cut back to its last record.
+    /// Writes `line` after the last record and fsyncs it. On error the segment is left as it
+    /// was (zeros where the line went, and its length).
     pub fn append(&mut self, line: &[u8]) -> io::Result<()> {
         if self.dirty {
-            self.cut_back()?;
+            self.undo(self.capacity)?;
         }
+        let end = self.len + line.len() as u64;
         let result = self
             .file
-            .write_all(line)
+            .write_all_at(line, self.len)
             .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
-                self.len += line.len() as u64;
+                self.len = end;
+                self.capacity = self.capacity.max(end);
                 Ok(())
             }
             Err(e) => {
                 self.dirty = true;
-                let _ = self.cut_back();
+                let _ = self.undo(end);
                 Err(e)
             }
         }
     }
 
-    /// Empties the journal once the state file holds everything in it.
-    pub fn clear(&mut self) -> io::Result<()> {
-        self.len = 0;
-        self.dirty = true;
-        self.cut_back()
-    }
-
-    fn cut_back(&mut self) -> io::Result<()> {
-        if self.file.metadata()?.len() != self.len {
-            self.file.set_len(self.len)?;
-            self.file.sync_all()?;
+    /// Puts zeros back over `len..written` (within the capacity) and the length back to the
+    /// capacity, and fsyncs.
+    fn undo(&mut self, written: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() > self.capacity {
+            self.file.set_len(self.capacity)?;
         }
+        let end = written.min(self.capacity);
+        if end > self.len {
+            write_zeros(&self.file, self.len, end - self.len)?;
+        }
+        self.file.sync_all()?;
         self.dirty = false;
         Ok(())
     }
+}
+
+/// Writes `len` zeros at `offset`.
+pub(super) fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -261,8 +502,26 @@ mod tests {
         changes
     }
 
-    fn journal_of(batches: &[Changes]) -> Vec<u8> {
-        batches.iter().flat_map(|c| encode(c).unwrap()).collect()
+    /// The records of `batches`, each after the one before it (the first after `after`).
+    fn journal_of(batches: &[Changes], mut after: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for changes in batches {
+            bytes.extend(encode(changes, after).unwrap());
+            after = changes.revision;
+        }
+        bytes
+    }
+
+    /// The two segment paths in `dir`; the second absent unless written.
+    fn segments(dir: &Path) -> [PathBuf; 2] {
+        SEGMENT_SUFFIXES.map(|s| dir.join(format!("locks.yml.{s}")))
+    }
+
+    fn read_one(bytes: &[u8], after_revision: u64) -> Result<Replay, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = segments(dir.path());
+        std::fs::write(&paths[0], bytes).unwrap();
+        read(&paths, after_revision)
     }
 
     #[test]
@@ -273,13 +532,12 @@ mod tests {
             batch(&mut table, "b", Op::Lock),
             batch(&mut table, "a", Op::Unlock),
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        std::fs::write(&path, journal_of(&batches)).unwrap();
-        let replay = read(&path, 0).unwrap();
+        let bytes = journal_of(&batches, 0);
+        let replay = read_one(&bytes, 0).unwrap();
         assert_eq!(replay.batches, batches);
-        assert!(!replay.torn_tail);
-        let replay = read(&path, 2).unwrap();
+        assert_eq!(replay.segments[0].torn, None);
+        assert_eq!(replay.last_revision, 3);
+        let replay = read_one(&bytes, 2).unwrap();
         assert_eq!(
             replay.batches,
             batches[2..],
@@ -288,57 +546,156 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_record_is_dropped_at_every_cut() {
+    fn records_written_before_they_named_the_one_before_load_too() {
         let mut table = LockTable::default();
         let batches = vec![
             batch(&mut table, "a", Op::Lock),
             batch(&mut table, "b", Op::Lock),
         ];
-        let bytes = journal_of(&batches);
-        let first_len = encode(&batches[0]).unwrap().len();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        for cut in first_len..bytes.len() {
-            std::fs::write(&path, &bytes[..cut]).unwrap();
-            let replay = read(&path, 0).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-            assert_eq!(replay.batches, batches[..1], "cut at {cut}");
-            assert_eq!(replay.good_len, first_len as u64);
-            assert_eq!(replay.torn_tail, cut > first_len);
+        let old: Vec<u8> = journal_of(&batches, 0)
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .flat_map(|line| {
+                let json = std::str::from_utf8(&line[9..]).unwrap();
+                let json = json.replacen(&format!(",\"after\":{}", batches[0].revision - 1), "", 1);
+                let json = json.replacen(&format!(",\"after\":{}", batches[0].revision), "", 1);
+                assert!(!json.contains("after"), "{json}");
+                format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes())).into_bytes()
+            })
+            .collect();
+        assert_eq!(read_one(&old, 0).unwrap().batches, batches);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_at_every_cut_with_or_without_zeros_after_it() {
+        let mut table = LockTable::default();
+        let batches = vec![
+            batch(&mut table, "a", Op::Lock),
+            batch(&mut table, "b", Op::Lock),
+        ];
+        let bytes = journal_of(&batches, 0);
+        let first_len = encode(&batches[0], 0).unwrap().len();
+        for zeros in [0, 1, 5000] {
+            for cut in first_len..bytes.len() {
+                let mut cut_bytes = bytes[..cut].to_vec();
+                cut_bytes.resize(cut + zeros, 0);
+                let replay = read_one(&cut_bytes, 0)
+                    .unwrap_or_else(|e| panic!("cut at {cut}, {zeros} zeros: {e}"));
+                let segment = &replay.segments[0];
+                assert_eq!(replay.batches, batches[..1], "cut at {cut}");
+                assert_eq!(segment.good_len, first_len as u64);
+                assert_eq!(segment.torn.is_some(), cut > first_len, "cut at {cut}");
+                assert_eq!(segment.data_end, cut as u64, "cut at {cut}, {zeros} zeros");
+            }
         }
     }
 
     #[test]
-    fn damage_before_the_last_record_is_refused() {
+    fn zeros_end_the_records() {
+        let mut table = LockTable::default();
+        let batches = vec![batch(&mut table, "a", Op::Lock)];
+        let mut bytes = journal_of(&batches, 0);
+        let len = bytes.len() as u64;
+        bytes.resize(1 << 20, 0);
+        let replay = read_one(&bytes, 0).unwrap();
+        assert_eq!(replay.batches, batches);
+        let segment = &replay.segments[0];
+        assert_eq!((segment.good_len, segment.data_end), (len, len));
+        assert_eq!(segment.torn, None);
+    }
+
+    #[test]
+    fn damage_before_an_intact_record_is_refused() {
         let mut table = LockTable::default();
         let batches = vec![
             batch(&mut table, "a", Op::Lock),
             batch(&mut table, "b", Op::Lock),
         ];
-        let mut bytes = journal_of(&batches);
+        let mut bytes = journal_of(&batches, 0);
         bytes[12] ^= 0x20;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        std::fs::write(&path, &bytes).unwrap();
-        let err = read(&path, 0).unwrap_err();
+        let err = read_one(&bytes, 0).unwrap_err();
         assert!(
-            err.contains("line 1 is damaged (checksum mismatch)"),
+            err.contains(
+                "locks.yml.journal line 1 is damaged (checksum mismatch) and more records follow it"
+            ),
             "{err}"
+        );
+        let mut bytes = journal_of(&batches, 0);
+        let first_len = encode(&batches[0], 0).unwrap().len();
+        bytes[..first_len - 1].fill(0);
+        let err = read_one(&bytes, 0).unwrap_err();
+        assert!(
+            err.contains("holds an intact record after the zeros"),
+            "zeros over an acknowledged record, another after them: {err}"
         );
     }
 
     #[test]
-    fn append_after_a_torn_tail_starts_at_the_last_good_record() {
+    fn two_segments_are_read_older_first_and_a_gap_between_them_is_refused() {
+        let mut table = LockTable::default();
+        let batches: Vec<Changes> = (0..4)
+            .map(|i| batch(&mut table, &format!("l{i}"), Op::Lock))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let paths = segments(dir.path());
+        let mut older = journal_of(&batches[..2], 0);
+        older.resize(4096, 0);
+        let newer = journal_of(&batches[2..], batches[1].revision);
+        for (first, second, live) in [(&older, &newer, 1), (&newer, &older, 0)] {
+            std::fs::write(&paths[0], first).unwrap();
+            std::fs::write(&paths[1], second).unwrap();
+            let replay = read(&paths, 0).unwrap();
+            assert_eq!(replay.batches, batches, "older segment first");
+            assert_eq!(
+                replay.live, live,
+                "the segment with the latest records is live"
+            );
+            let replay = read(&paths, batches[1].revision).unwrap();
+            assert_eq!(replay.batches, batches[2..], "a folded segment is skipped");
+        }
+        // The older segment cut after its first record: the newer one's first record does not
+        // follow the last one read.
+        std::fs::write(&paths[0], journal_of(&batches[..1], 0)).unwrap();
+        std::fs::write(&paths[1], &newer).unwrap();
+        let err = read(&paths, 0).unwrap_err();
+        assert!(
+            err.contains("locks.yml.journal.2 line 1") && err.contains("records are missing"),
+            "{err}"
+        );
+        // ... unless the state file holds what was cut.
+        let replay = read(&paths, batches[1].revision).unwrap();
+        assert_eq!(replay.batches, batches[2..]);
+        // Without the older segment, the state file must hold what it held.
+        std::fs::remove_file(&paths[0]).unwrap();
+        assert!(read(&paths, 0).is_err(), "a missing segment is refused");
+    }
+
+    #[test]
+    fn a_failed_write_is_undone_and_writing_goes_on_over_a_torn_tail() {
         let mut table = LockTable::default();
         let first = batch(&mut table, "a", Op::Lock);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let mut bytes = encode(&first).unwrap();
-        bytes.extend_from_slice(b"0000 {\"revis");
-        std::fs::write(&path, &bytes).unwrap();
-        let replay = read(&path, 0).unwrap();
-        let mut journal = Journal::open(&path, replay.good_len).unwrap();
+        let paths = segments(dir.path());
+        let mut bytes = encode(&first, 0).unwrap();
+        let good_len = bytes.len() as u64;
+        bytes.extend_from_slice(b"0000 {\"revis-and-more-than-the-next-record-takes");
+        bytes.extend_from_slice(&[b'x'; 300]);
+        bytes.resize(8192, 0);
+        std::fs::write(&paths[0], &bytes).unwrap();
+        let replay = read(&paths, 0).unwrap();
+        let read0 = &replay.segments[0];
+        let mut segment = Segment::open(&paths[0], read0.good_len, read0.data_end).unwrap();
         let second = batch(&mut table, "b", Op::Lock);
-        journal.append(&encode(&second).unwrap()).unwrap();
-        assert_eq!(read(&path, 0).unwrap().batches, vec![first, second]);
+        segment
+            .append(&encode(&second, first.revision).unwrap())
+            .unwrap();
+        assert_eq!(read(&paths, 0).unwrap().batches, vec![first, second]);
+        let on_disk = std::fs::read(&paths[0]).unwrap();
+        assert_eq!(on_disk.len(), 8192, "the zeros written ahead are kept");
+        assert!(
+            on_disk[segment.len() as usize..].iter().all(|&b| b == 0),
+            "the torn record was zeroed"
+        );
+        assert!(segment.len() > good_len);
     }
 }

@@ -1,11 +1,19 @@
-//! The file backend: the lock table in memory, made durable in a YAML state file and an
-//! append-only journal beside it (the original server's file, read and replaced in place).
+//! The file backend: the lock table in memory, made durable in a YAML state file and a
+//! journal beside it (the original server's file, read and replaced in place).
 //!
-//! - [`state_file`]: the state file, its format, and atomic replacement.
-//! - [`journal`]: the batches committed since the state file was last written.
+//! The writer thread only ever appends a record to the journal and fsyncs it; the whole table
+//! is written into the state file on a thread of its own, while new batches go to a fresh
+//! journal segment.
+//!
+//! - [`state_file`]: the state file, its format, loading, and what the writer does per batch.
+//! - [`journal`]: the batches committed since the state file was last written, in two
+//!   segments written in turn.
+//! - [`compaction`]: folding a segment into the state file in the background.
+//! - [`history`]: the history file beside them.
 //! - [`codec`]: how a lock is written to either and read back.
 
 pub(crate) mod codec;
+mod compaction;
 mod history;
 mod journal;
 mod state_file;
@@ -50,7 +58,7 @@ impl Backend for FileBackend {
 
     /// Expires what is due, decides the batch on the table in memory, appends its changes to
     /// the journal with one fsync, and only then takes them into the table (with the batch's
-    /// queue changes, which are not written).
+    /// queue changes, which are not written); then starts a compaction if one is due.
     fn decide_and_commit(
         &mut self,
         requests: &[Request],
@@ -72,11 +80,15 @@ impl Backend for FileBackend {
         }
         let answers = std::mem::take(&mut changes.answers);
         let changed = !changes.is_empty();
+        let wrote = !changes.locks.is_empty();
         let history = if changed {
             self.table.commit(changes)
         } else {
             Vec::new()
         };
+        if wrote {
+            self.file.compact_if_due(&self.table);
+        }
         Ok(Committed {
             decisions,
             answers,
@@ -85,9 +97,81 @@ impl Backend for FileBackend {
         })
     }
 
-    /// Folds the journal into the state file, so that after a clean stop the state file alone
-    /// holds everything (for backups, and for going back to the original server).
+    /// Waits for a running compaction, then folds the journal into the state file and removes
+    /// its segments, so that after a clean stop the state file alone holds everything (for
+    /// backups, and for going back to the original server).
     fn finish(&mut self) -> io::Result<()> {
-        self.file.compact(&self.table)
+        self.file.finish(&self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{Claim, Op};
+
+    fn lock(backend: &mut FileBackend, name: &str, key: &str, op: Op) {
+        let request = Request {
+            name: name.into(),
+            op,
+            claim: Claim::new(key, key),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        backend.decide_and_commit(&[request], now).unwrap();
+    }
+
+    fn state_revision(path: &Path) -> u64 {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("revision: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn segments_take_turns_while_the_state_file_is_written_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.yml");
+        let segments = ["locks.yml.journal", "locks.yml.journal.2"].map(|n| dir.path().join(n));
+        let (mut backend, _) = FileBackend::open_keeping(&path, 1000).unwrap();
+        backend.file.compact_from(4096);
+        for i in 0..200 {
+            let op = if i % 2 == 0 { Op::Lock } else { Op::Unlock };
+            lock(&mut backend, &format!("l{}", i % 7), "k", op);
+            if i % 20 == 0 {
+                backend.file.wait_for_compaction();
+            }
+        }
+        backend.file.wait_for_compaction();
+        assert!(
+            segments.iter().all(|s| s.exists()),
+            "both segments are in use"
+        );
+        let folded = state_revision(&path);
+        assert!(
+            folded > 100,
+            "the state file was rewritten in the background (revision {folded})"
+        );
+        let table = backend.table.clone();
+
+        // A crash now (no finish): both segments and the state file load to the same table.
+        drop(backend);
+        let (mut backend, _) = FileBackend::open_keeping(&path, 1000).unwrap();
+        assert_eq!(backend.table.without_history(), table.without_history());
+        assert_eq!(backend.table.history(), table.history());
+        lock(&mut backend, "after", "k", Op::Lock);
+        let table = backend.table.clone();
+
+        // A clean stop folds everything into the state file and leaves no segment.
+        backend.finish().unwrap();
+        drop(backend);
+        assert!(segments.iter().all(|s| !s.exists()), "no segment is left");
+        assert_eq!(state_revision(&path), table.revision);
+        let (backend, _) = FileBackend::open_keeping(&path, 1000).unwrap();
+        assert_eq!(backend.table.without_history(), table.without_history());
+        assert_eq!(backend.table.history(), table.history());
     }
 }
