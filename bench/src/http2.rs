@@ -51,6 +51,18 @@ impl Http2Connection {
         path: &str,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.start(method, path, body).await?.await
+    }
+
+    /// Sends one request (its head and body are handed to the connection) and returns the
+    /// future of its whole answer, without waiting for it: a burst sends every request before
+    /// it reads any answer.
+    pub async fn start(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<(u16, Vec<u8>)>> + use<>> {
         let mut send = self.send.clone().ready().await?;
         let request = http::Request::builder()
             .method(method)
@@ -61,15 +73,20 @@ impl Http2Connection {
         if let Some(body) = body {
             stream.send_data(Bytes::copy_from_slice(body.as_bytes()), true)?;
         }
-        let response = response.await?;
-        let status = response.status().as_u16();
-        let mut data = response.into_body();
-        let mut out = Vec::new();
-        while let Some(chunk) = data.data().await {
-            let chunk = chunk?;
-            let _ = data.flow_control().release_capacity(chunk.len());
-            out.extend_from_slice(&chunk);
-        }
-        Ok((status, out))
+        Ok(answer(response))
     }
+}
+
+/// Reads the whole answer of a request sent with [`Http2Connection::start`].
+async fn answer(response: h2::client::ResponseFuture) -> anyhow::Result<(u16, Vec<u8>)> {
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let mut data = response.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = data.data().await {
+        let chunk = chunk?;
+        let _ = data.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    Ok((status, out))
 }

@@ -14,9 +14,9 @@ const USAGE: &str = "\
 usage: locker-bench <command> [options]
 
 commands:
-  all          run every scenario (1-13) and write BENCHMARKS.md
+  all          run every scenario (1-15) and write BENCHMARKS.md
   smoke        a 5-second run of scenario 2 that checks the benchmark still works
-  N [N ...]    run only the scenarios numbered N (1-13) and print their table
+  N [N ...]    run only the scenarios numbered N (1-15) and print their table
 
 options:
   --out PATH        where `all` writes its report (default: BENCHMARKS.md at the workspace root)

@@ -1,6 +1,8 @@
 //! The scenarios of the benchmark, each starting the servers it needs and adding its rows (and
-//! the verdict on its target) to the report; the queue's (11 to 13) are in [`queue`].
+//! the verdict on its target) to the report; the queue's (11 to 13) are in [`queue`], the
+//! burst (14) in [`burst`].
 
+mod burst;
 mod postgres;
 mod queue;
 
@@ -107,6 +109,7 @@ impl Bench {
                 11 => self.hand_over().await?,
                 12 => self.queue_contention().await?,
                 13 => self.waiter_memory().await?,
+                14 => self.burst().await?,
                 15 => self.postgres().await?,
                 _ => bail!("there is no scenario {n} (they are 1 to {LAST})"),
             }

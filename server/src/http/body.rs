@@ -25,7 +25,7 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The lock name from the raw (still percent-encoded) path.
 pub(super) fn lock_name(req: &Request) -> Result<String, ApiError> {
     let segment = req.uri().path().strip_prefix("/lock/").unwrap_or_default();
-    if let Some(action) = ACTIONS.iter().find(|a| segment.ends_with(&format!("/{a}"))) {
+    if let Some(action) = ACTIONS.iter().find(|a| ends_with_action(segment, a)) {
         return Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("this is POST /lock/NAME/{action}"),
@@ -275,6 +275,13 @@ fn parse_wait(value: &str) -> Option<Duration> {
 
 /// The actions of `POST /lock/{name}/{action}`.
 pub(super) const ACTIONS: [&str; 3] = ["renew", "force-release", "reserve"];
+
+/// True when `path` ends with `/{action}` (without building that string: this runs on every
+/// request).
+pub(super) fn ends_with_action(path: &str, action: &str) -> bool {
+    path.strip_suffix(action)
+        .is_some_and(|rest| rest.ends_with('/'))
+}
 
 /// The lock name and action of `POST /lock/{name}/{action}`.
 pub(super) fn lock_action(req: &Request) -> Result<(String, &str), ApiError> {

@@ -1,16 +1,15 @@
-//! `GET /metrics`, and counting every request by its route template, method and status (the
-//! metrics themselves are [`crate::metrics`]'s).
+//! `GET /metrics`, and the route template every request is counted under (the metrics
+//! themselves are [`crate::metrics`]'s; [`super::middleware`] counts).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use poem::http::StatusCode;
 use poem::web::Data;
-use poem::{Endpoint, Request, Response, handler};
+use poem::{Response, handler};
 
 use super::Api;
 use super::answer::error_response;
-use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::metrics::CONTENT_TYPE;
 
 /// The routes without a lock name in them, counted under their own path.
 const FIXED_ROUTES: [&str; 8] = [
@@ -36,27 +35,9 @@ pub(super) fn scrape(api: Data<&Arc<Api>>) -> Response {
     }
 }
 
-/// Counts the request once it is answered (a long-poll when its answer goes out).
-pub(super) async fn count_request<E: Endpoint<Output = Response>>(
-    ep: Arc<E>,
-    req: Request,
-    metrics: Arc<Metrics>,
-) -> poem::Result<Response> {
-    let started = Instant::now();
-    let route = route(req.uri().path());
-    let method = req.method().clone();
-    let answer = ep.call(req).await;
-    let status = match &answer {
-        Ok(resp) => resp.status(),
-        Err(e) => e.status(),
-    };
-    metrics.request(route, method.as_str(), status.as_u16(), started.elapsed());
-    answer
-}
-
 /// The route template of `path`, like `/lock/{name}/renew`: what a request is counted under,
 /// so that no lock name (nor any other path a client makes up) becomes a label value.
-fn route(path: &str) -> &'static str {
+pub(super) fn route(path: &str) -> &'static str {
     if path.starts_with("/dashboard/") {
         return "/dashboard/{file}";
     }

@@ -91,12 +91,7 @@ pub(crate) fn app(api: Api, access: Access) -> impl Endpoint<Output = Response> 
             };
             error_response(status, &message)
         })
-        .around(move |ep, req| middleware::authenticate(ep, req, access.clone()))
-        .around(middleware::refuse_cross_site)
-        .around(middleware::read_body_first)
-        .around(middleware::allow_header)
-        .around(move |ep, req| metrics::count_request(ep, req, counted.clone()))
-        .around(middleware::access_log)
+        .around(move |ep, req| middleware::every_request(ep, req, access.clone(), counted.clone()))
 }
 
 /// `GET /healthz`: 200 while the server can serve; 503 when its database cannot be reached

@@ -174,13 +174,24 @@ impl<T> HeadDeadline<T> {
             self.deadline.as_mut().reset(Instant::now() + self.timeout);
         }
         if let Phase::Head = self.phase {
-            let mut window = self.tail.to_vec();
-            window.extend_from_slice(bytes);
-            if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            // The end may straddle the last read and this one: look at the seam (the kept
+            // tail and this read's first three bytes), then at this read alone.
+            let mut seam = [0; 6];
+            let start = bytes.len().min(3);
+            seam[..3].copy_from_slice(&self.tail);
+            seam[3..3 + start].copy_from_slice(&bytes[..start]);
+            let ended = seam[..3 + start].windows(4).any(|w| w == b"\r\n\r\n")
+                || bytes.windows(4).any(|w| w == b"\r\n\r\n");
+            if ended {
                 self.phase = Phase::AfterHead;
             }
-            let keep = window.len() - 3;
-            self.tail.copy_from_slice(&window[keep..]);
+            // Keep the last three bytes of everything seen so far.
+            let seen = &seam[..3 + start];
+            if bytes.len() >= 3 {
+                self.tail.copy_from_slice(&bytes[bytes.len() - 3..]);
+            } else {
+                self.tail.copy_from_slice(&seen[seen.len() - 3..]);
+            }
         }
     }
 }
@@ -215,8 +226,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let filled = buf.filled()[before..].to_vec();
-            this.saw(&filled);
+            this.saw(&buf.filled()[before..]);
         }
         polled
     }
@@ -310,6 +320,35 @@ mod tests {
         assert!(server.read(&mut buf).await.unwrap() > 0);
         let err = server.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_head_is_found_however_the_reads_split_it() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for first in 0..=head.len() {
+            for second in first..=head.len() {
+                let (_client, server) = duplex(8);
+                let mut conn = limited(server, Duration::from_secs(10));
+                for (start, end) in [(0, first), (first, second), (second, head.len())] {
+                    conn.saw(&head[start..end]);
+                    assert_eq!(
+                        matches!(conn.phase, Phase::AfterHead),
+                        end == head.len(),
+                        "after {end} of {} bytes, read split at {first} and {second}",
+                        head.len()
+                    );
+                }
+            }
+        }
+        let (_client, server) = duplex(8);
+        let mut conn = limited(server, Duration::from_secs(10));
+        for byte in head {
+            conn.saw(std::slice::from_ref(byte));
+        }
+        assert!(
+            matches!(conn.phase, Phase::AfterHead),
+            "the end of the head was missed when read a byte at a time"
+        );
     }
 
     #[tokio::test(start_paused = true)]
