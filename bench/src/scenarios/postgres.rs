@@ -13,8 +13,14 @@ use tempfile::TempDir;
 
 use super::{Bench, CLIENTS, Running, cpu_per};
 use crate::clients::OwnLockCycle;
-use crate::load::Outcome;
-use crate::report::{Row, percent, thousands};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::bail;
+
+use crate::http::{Connection, request};
+use crate::load::{Outcome, percentile};
+use crate::report::{Row, ms, percent, thousands};
 use crate::servers::{Locker, LockerOptions};
 
 impl Bench {
@@ -75,6 +81,36 @@ impl Bench {
             row.judge("≥ etcd's cycles/s", outcome.rate() >= etcd.rate());
         }
         self.report.rows.push(row);
+
+        // The hand-over across servers, on the same two servers (and database).
+        let row = match cross_server_hand_over(a_addr, b_addr).await {
+            Ok(latencies) => {
+                let mut row = Row::plain(
+                    "15",
+                    "Hand-over across servers: unlock on one, the waiter on the other",
+                );
+                row.clients = "2".into();
+                row.p50 = ms(percentile(&latencies, 50.0));
+                row.p90 = ms(percentile(&latencies, 90.0));
+                row.p99 = ms(percentile(&latencies, 99.0));
+                row.max = ms(percentile(&latencies, 100.0));
+                row.comparison = format!(
+                    "from the unlock's answer (server B) to the waiter's 200 (server A, `?wait=10s`), {} hand-overs, alternating sides; the waiter's server hears of the commit by NOTIFY",
+                    latencies.len()
+                );
+                row.judge(
+                    "p99 ≤ 50 ms",
+                    percentile(&latencies, 99.0) <= Duration::from_millis(50),
+                );
+                row
+            }
+            Err(e) => {
+                let mut row = Row::plain("15", "Hand-over across servers");
+                row.comparison = format!("failed: {e:#}");
+                row
+            }
+        };
+        self.report.rows.push(row);
         a.server.stop()?;
         b.server.stop()?;
         drop(cluster);
@@ -110,4 +146,75 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Ok(Running { server, _dir: dir })
     }
+}
+
+/// Hand-overs of the lock `hand-over` between two clients on two servers: the holder unlocks
+/// on its server while the other waits (`?wait=10s`) on the other; then they swap. Returns, per
+/// hand-over, the time from the unlock's answer to the waiter's 200, sorted, in nanoseconds.
+async fn cross_server_hand_over(a: SocketAddr, b: SocketAddr) -> anyhow::Result<Vec<u64>> {
+    const ROUNDS: usize = 200;
+    let servers = [a, b];
+    let claim = |side: usize| format!(r#"{{"key":"k{side}","locked_by":"client-{side}"}}"#);
+    let mut holder = Connection::connect(servers[0]).await?;
+    let status = holder
+        .send(&request("PUT", "/lock/hand-over", Some(&claim(0)), false))
+        .await?;
+    if status != 200 {
+        bail!("the first lock answered {status}");
+    }
+    let mut latencies = Vec::with_capacity(ROUNDS);
+    let mut holder_side = 0;
+    for _ in 0..ROUNDS {
+        let waiter_side = 1 - holder_side;
+        let waiter_addr = servers[waiter_side];
+        let body = claim(waiter_side);
+        let waiter = tokio::spawn(async move {
+            let mut conn = Connection::connect(waiter_addr).await?;
+            let status = conn
+                .send(&request(
+                    "PUT",
+                    "/lock/hand-over?wait=10s",
+                    Some(&body),
+                    false,
+                ))
+                .await?;
+            anyhow::Ok((status, Instant::now(), conn))
+        });
+        // Until the waiter is in the queue on its server.
+        let mut reader = Connection::connect(waiter_addr).await?;
+        let queued_by = Instant::now() + Duration::from_secs(10);
+        loop {
+            reader
+                .send(&request("GET", "/lock/hand-over", None, false))
+                .await?;
+            if String::from_utf8_lossy(reader.body()).contains("\"queue\":[{") {
+                break;
+            }
+            if Instant::now() > queued_by {
+                bail!("the waiter never showed in the queue");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let status = holder
+            .send(&request(
+                "DELETE",
+                "/lock/hand-over",
+                Some(&claim(holder_side)),
+                false,
+            ))
+            .await?;
+        let unlocked = Instant::now();
+        if status != 200 {
+            bail!("the unlock answered {status}");
+        }
+        let (status, granted, conn) = waiter.await??;
+        if status != 200 {
+            bail!("the waiter was answered {status}, not granted");
+        }
+        latencies.push(granted.saturating_duration_since(unlocked).as_nanos() as u64);
+        holder = conn;
+        holder_side = waiter_side;
+    }
+    latencies.sort_unstable();
+    Ok(latencies)
 }
