@@ -412,13 +412,11 @@ fn import(file: &std::path::Path, url: &str) -> std::process::Output {
 /// above the imported ones.
 #[test]
 fn import_copies_a_state_file_and_never_overwrites() {
-    let dir = tempfile::tempdir().unwrap();
+    // A server on a state file whatever LOCKER_TEST_BACKEND says: start_on never adds a database.
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let state = dir.path().join("locks.yml");
-    let mut file_server = Locker::start_with(
-        Options::default()
-            .env("LOCKER_CONFIG", &state)
-            .env("LOCKER_DATABASE_URL", ""),
-    );
+    let mut file_server = Locker::start_on(dir.clone(), state.clone(), Options::default())
+        .unwrap_or_else(|f| panic!("the file server did not start: {}", f.log));
     let client = Client::new();
     for (name, key) in [("prod", "deploy"), ("staging", "tests"), ("free", "x")] {
         assert_eq!(
