@@ -92,7 +92,9 @@ impl Target {
         let mut config: tokio_postgres::Config =
             rebuilt.parse().map_err(|e| invalid(format!("{e}")))?;
         config.ssl_mode(mode);
-        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         // A 200 means committed: never acknowledge a commit the database could still lose.
         if config.get_options().is_none() {
             config.options("-c synchronous_commit=on");
@@ -185,6 +187,13 @@ mod tests {
         assert_eq!(target.config.get_application_name(), Some("x"));
         assert_eq!(target.config.get_dbname(), Some("locks"));
         assert_eq!(target.describe(), "postgres://db.example:6543/locks");
+        assert_eq!(target.config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let given = Target::parse("postgres://h/d?connect_timeout=30").unwrap();
+        assert_eq!(
+            given.config.get_connect_timeout(),
+            Some(&Duration::from_secs(30)),
+            "a connect_timeout in the URL is kept"
+        );
     }
 
     #[test]
