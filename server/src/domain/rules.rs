@@ -241,7 +241,7 @@ impl Holders {
     /// Adds one claim for `claim`'s requestor at `now`; its deadline becomes the later of the
     /// one it had and the one the claim asks for (no deadline is the latest of all).
     fn add(&mut self, claim: &Claim, now: SystemTime) {
-        let deadline = claim.ttl.map(|ttl| now + ttl);
+        let deadline = claim.ttl.map(|ttl| deadline(now, ttl));
         match self.find(&claim.requestor) {
             Ok(i) => {
                 let holder = &mut self.0[i];
@@ -444,6 +444,17 @@ impl Verdict {
     }
 }
 
+/// When a lease of `ttl` taken at `now` ends: cut to the whole millisecond, the precision of
+/// the API and the state file, so that the deadline a client is shown (and the one a restart
+/// reads back, or another server on the same database) is exactly the one the server keeps.
+fn deadline(now: SystemTime, ttl: Duration) -> SystemTime {
+    let at = now + ttl;
+    let since_epoch = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    at - Duration::from_nanos(u64::from(since_epoch.subsec_nanos() % 1_000_000))
+}
+
 /// Decides a lock, unlock or renewal `op` for `claim` against `lock` at time `now` (a lock
 /// with no holder past its deadline at `now`: see [`Batch::expire_due`]); `others_waiting`
 /// says whether someone with another key than the claim's waits in the lock's queue, which
@@ -522,7 +533,7 @@ fn decide_afresh(
             };
             let mut next = lock.clone();
             let holder = &mut next.locked_by.0[i];
-            holder.expires_at = claim.ttl.map(|ttl| now + ttl);
+            holder.expires_at = claim.ttl.map(|ttl| deadline(now, ttl));
             if let Some(owner) = &claim.owner {
                 holder.owner.clone_from(owner);
             }
@@ -1568,6 +1579,30 @@ mod tests {
             ttl: Some(Duration::from_secs(ttl_secs)),
             ..claim(key, requestor)
         }
+    }
+
+    #[test]
+    fn a_deadline_is_the_whole_millisecond_that_is_shown() {
+        let mut table = LockTable::default();
+        let taken = at(100) + Duration::from_nanos(1_234_567);
+        let claim = Claim {
+            ttl: Some(Duration::from_nanos(300_000_900)),
+            ..claim("k", "x")
+        };
+        table.apply("env", Op::Lock, &claim, taken);
+        let shown = at(100) + Duration::from_millis(301);
+        assert_eq!(
+            table.next_deadline(),
+            Some(shown),
+            "cut, never later than asked"
+        );
+        let text = locker_protocol::timestamp(shown);
+        assert_eq!(humantime::parse_rfc3339(&text).unwrap(), shown, "{text}");
+        table.apply("env", Op::Renew, &claim, taken + Duration::from_millis(5));
+        assert_eq!(
+            table.next_deadline(),
+            Some(shown + Duration::from_millis(5))
+        );
     }
 
     #[test]
