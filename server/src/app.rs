@@ -83,7 +83,7 @@ impl Builder {
         let config = self.config;
         let backend = match &config.database {
             Some(url) => Opened::Postgres(
-                PgBackend::open(&url.0, config.history_max)
+                PgBackend::open(&url.0, config.history_max, self.clock.clone())
                     .await
                     .map_err(ServerError::Database)?,
             ),
@@ -115,15 +115,21 @@ impl Builder {
         };
         log_start(&config, &backend, scheme, address);
         let metrics = Arc::new(Metrics::new());
-        let (store, writer) = match backend {
+        let (store, writer, clock) = match backend {
             Opened::File(backend, _) => {
-                LockStore::start(backend, self.clock.clone(), metrics.clone())
+                let (store, writer) =
+                    LockStore::start(backend, self.clock.clone(), metrics.clone())
+                        .map_err(ServerError::Serve)?;
+                (store, writer, self.clock)
             }
             Opened::Postgres(backend) => {
-                LockStore::start(backend, self.clock.clone(), metrics.clone())
+                // Leases start and end on the database's clock: this server reads by it too.
+                let clock: Arc<dyn Clock> = Arc::new(backend.clock());
+                let (store, writer) = LockStore::start(backend, clock.clone(), metrics.clone())
+                    .map_err(ServerError::Serve)?;
+                (store, writer, clock)
             }
-        }
-        .map_err(ServerError::Serve)?;
+        };
         let watcher = config
             .concourse
             .clone()
@@ -138,7 +144,7 @@ impl Builder {
             address,
             scheme,
             store,
-            clock: self.clock,
+            clock,
             writer,
             head_timeout: self.head_timeout,
             peers,

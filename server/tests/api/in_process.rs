@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use locker_server::app::Application;
-use locker_server::clock::ManualClock;
+use locker_server::clock::{Clock, ManualClock};
 use locker_server::config::Config;
 use locker_testkit::Client;
 use tokio::sync::oneshot;
@@ -22,15 +22,25 @@ struct TestApp {
 
 /// Builds and starts a server on port 0 with a fresh state file and `clock`.
 fn spawn_app(clock: &ManualClock, head_timeout: Option<Duration>) -> TestApp {
+    spawn(Arc::new(clock.clone()), None, head_timeout)
+}
+
+/// Builds and starts a server on port 0 with `clock`, on the PostgreSQL `database` when
+/// given, else on a fresh state file.
+fn spawn(
+    clock: Arc<dyn Clock>,
+    database: Option<String>,
+    head_timeout: Option<Duration>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let state_file = dir.path().join("locks.yml");
     let config = Config::from_vars(|name| match name {
-        "LOCKER_CONFIG" => Some(state_file.display().to_string()),
+        "LOCKER_CONFIG" if database.is_none() => Some(state_file.display().to_string()),
+        "LOCKER_DATABASE_URL" => database.clone(),
         "PORT" => Some("0".into()),
         _ => None,
     })
     .expect("config");
-    let clock = Arc::new(clock.clone());
     let (ready, started) = std::sync::mpsc::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -280,4 +290,66 @@ fn a_lapsed_claim_is_hidden_at_once_and_its_expiry_committed_soon_after() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The system clock, set an hour ahead.
+struct AnHourAhead;
+
+impl Clock for AnHourAhead {
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + Duration::from_secs(3600)
+    }
+}
+
+/// Broken on purpose (tried): with the server reading its own clock instead of the
+/// database's, the lock reads as free at once (its deadline is an hour behind the server's
+/// clock) and the writer, finding the deadline passed, commits empty batches back to back
+/// (tens of thousands in the two seconds) while the database says the lease still runs.
+#[test]
+fn on_postgresql_leases_follow_the_databases_clock_when_the_servers_is_wrong() {
+    if !locker_testkit::postgres::available() {
+        return;
+    }
+    let database = locker_testkit::postgres::shared().create_database();
+    let app = spawn(Arc::new(AnHourAhead), Some(database), None);
+    let client = Client::new();
+    let url = format!("{}/lock/env", app.url);
+    let body = serde_json::json!({"key": "k", "locked_by": "job", "ttl": "2s"}).to_string();
+    let (status, answer) = client.put(&url, &body);
+    assert_eq!(status, 200, "{answer}");
+    let expires_at = answer["lock"]["holders"][0]["expires_at"].as_str().unwrap();
+    let expires_at = humantime::parse_rfc3339(expires_at).unwrap();
+    assert!(
+        expires_at < SystemTime::now() + Duration::from_secs(3),
+        "the lease is the database's two seconds: {answer}"
+    );
+    let batches = || {
+        let (_, text) = client.get(&format!("{}/metrics", app.url));
+        let text = text.as_str().expect("the metrics as text").to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("locker_commit_batch_size_count "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .expect("the batch count in the metrics")
+    };
+    let before = batches();
+    let (_, lock) = client.get(&url);
+    assert_eq!(
+        lock["key"], "k",
+        "held until the database's deadline: {lock}"
+    );
+
+    while SystemTime::now() < expires_at + Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, lock) = client.get(&url);
+    assert_eq!(
+        lock["key"], "",
+        "free after the database's deadline: {lock}"
+    );
+    assert_eq!(lock["revision"], 2, "and its expiry committed: {lock}");
+    let batches = batches() - before;
+    assert!(
+        batches < 20.0,
+        "the writer waits for the database's deadline; it committed {batches} batches meanwhile"
+    );
 }

@@ -41,6 +41,7 @@ pub use import::import_state_file;
 
 use super::backend::{Backend, CommitError, Committed, Health, Request, Wake};
 use super::file::codec::{StoredEntry, StoredLock, StoredLockView};
+use crate::clock::{Clock, OffsetClock};
 use crate::domain::{Changes, Entry, Lock, LockTable};
 
 /// The channel servers notify each other on.
@@ -65,6 +66,8 @@ pub struct PgBackend {
     history_max: usize,
     health: Arc<Health>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Told the database's time at every transaction (see [`PgBackend::clock`]).
+    clock: OffsetClock,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -78,8 +81,13 @@ impl std::fmt::Debug for PgBackend {
 
 impl PgBackend {
     /// Connects to the database at `url`, creates or migrates its schema, and loads the
-    /// table, keeping the latest `history_max` history entries in memory.
-    pub async fn open(url: &str, history_max: usize) -> Result<PgBackend, String> {
+    /// table, keeping the latest `history_max` history entries in memory. `base` is the
+    /// server's clock (see [`PgBackend::clock`]).
+    pub async fn open(
+        url: &str,
+        history_max: usize,
+        base: Arc<dyn Clock>,
+    ) -> Result<PgBackend, String> {
         let target = Target::parse(url)?;
         let pool = target.pool()?;
         let where_ = target.describe();
@@ -91,8 +99,10 @@ impl PgBackend {
         if applied > 0 {
             tracing::info!(database = %where_, migrations = applied, "created or migrated the schema");
         }
-        let (table, seq) = load(&mut client, history_max).await?;
+        let (table, seq, database_now) = load(&mut client, history_max).await?;
         drop(client);
+        let clock = OffsetClock::new(base);
+        clock.observe(database_now);
         Ok(PgBackend {
             runtime: tokio::runtime::Handle::current(),
             pool,
@@ -103,7 +113,15 @@ impl PgBackend {
             history_max,
             health: Arc::new(Health::default()),
             listener: None,
+            clock,
         })
+    }
+
+    /// The database's clock as this server reads it: the server's clock moved by the
+    /// difference the last transaction saw. The server reads locks and times its expiries by
+    /// it, as the database decides them by its own.
+    pub fn clock(&self) -> OffsetClock {
+        self.clock.clone()
     }
 
     /// Where the database is, without credentials.
@@ -124,6 +142,7 @@ impl PgBackend {
         )
         .map_err(|e| e.to_string())?;
         let now: SystemTime = clock.get(0);
+        self.clock.observe(now);
         let (revision, history_id, seq): (i64, i64, i64) = (meta.get(0), meta.get(1), meta.get(2));
 
         // Catch up with what other servers committed.
@@ -284,7 +303,7 @@ where
 async fn load(
     client: &mut deadpool_postgres::Client,
     history_max: usize,
-) -> Result<(LockTable, i64), String> {
+) -> Result<(LockTable, i64, SystemTime), String> {
     let failed = |e: tokio_postgres::Error| format!("could not read the locks: {e}");
     let tx = client
         .build_transaction()
@@ -295,7 +314,7 @@ async fn load(
         .map_err(failed)?;
     let meta = tx
         .query_one(
-            "SELECT revision, history_id, seq FROM locker_meta WHERE id = 1",
+            "SELECT revision, history_id, seq, clock_timestamp() FROM locker_meta WHERE id = 1",
             &[],
         )
         .await
@@ -331,7 +350,7 @@ async fn load(
             "locker_meta says the latest history entry is {history_id}, but locker_history holds none; restore the table or set history_id to 0"
         ));
     }
-    Ok((table, seq))
+    Ok((table, seq, meta.get(3)))
 }
 
 /// The parameters of one statement.
