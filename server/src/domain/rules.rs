@@ -682,6 +682,12 @@ impl LockTable {
         self.trim_history();
     }
 
+    /// Makes the next history entry's id follow `id` at least: the count goes on where the
+    /// store says it stood, even when the entries up to it are gone.
+    pub fn continue_history_after(&mut self, id: u64) {
+        self.history_id = self.history_id.max(id);
+    }
+
     /// The table without its history: what a state file holds.
     #[cfg(test)]
     pub fn without_history(&self) -> LockTable {

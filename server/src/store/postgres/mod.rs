@@ -343,13 +343,8 @@ async fn load(
     tx.commit().await.map_err(failed)?;
     let mut table = LockTable::new(to_u64(revision), locks);
     table.load_history(entries, history_max);
-    let history_id: i64 = meta.get(1);
-    if to_i64(table.history_id()) != history_id && history_id != 0 && table.history().is_empty() {
-        // Every entry was dropped by retention: the next id still continues the count.
-        return Err(format!(
-            "locker_meta says the latest history entry is {history_id}, but locker_history holds none; restore the table or set history_id to 0"
-        ));
-    }
+    // The ids go on from the meta row's count, also when entries were deleted by hand.
+    table.continue_history_after(to_u64(meta.get(1)));
     Ok((table, seq, meta.get(3)))
 }
 
