@@ -164,6 +164,10 @@ mod tests {
             let mut changes = batch.into_changes();
             self.answers.append(&mut changes.answers);
             self.table.commit(changes);
+            assert!(
+                self.table.deadlines_in_step(),
+                "the deadline index after {op:?}"
+            );
             decision
         }
 
@@ -173,6 +177,10 @@ mod tests {
             let mut changes = batch.into_changes();
             self.answers.append(&mut changes.answers);
             self.table.commit(changes);
+            assert!(
+                self.table.deadlines_in_step(),
+                "the deadline index after a tick"
+            );
         }
 
         fn lock(&mut self, key: &str, requestor: &str, now: SystemTime) -> Verdict {

@@ -754,21 +754,37 @@ impl LockTable {
     }
 
     /// Replaces the lock and (or) the queue called `name`, keeping the deadlines in step.
+    /// One look-up per map: the lock it replaces comes back from the insert.
     fn update(&mut self, name: Arc<str>, lock: Option<Lock>, queue: Option<Queue>) {
-        let before = self.deadline_of(&name);
-        if let Some(lock) = lock {
-            self.locks.insert(name.clone(), Arc::new(lock));
-        }
-        match queue {
-            Some(queue) if queue.is_empty() => {
-                self.queues.remove(&name);
+        let (lease_before, lease_after) = match lock {
+            Some(lock) => {
+                let after = lock.next_deadline();
+                let replaced = self.locks.insert(name.clone(), Arc::new(lock));
+                (replaced.and_then(|old| old.next_deadline()), after)
             }
+            None => {
+                let lease = self.locks.get(&name).and_then(|lock| lock.next_deadline());
+                (lease, lease)
+            }
+        };
+        let (lapse_before, lapse_after) = match queue {
             Some(queue) => {
-                self.queues.insert(name.clone(), Arc::new(queue));
+                let after = queue.next_lapse();
+                let replaced = if queue.is_empty() {
+                    self.queues.remove(&name)
+                } else {
+                    self.queues.insert(name.clone(), Arc::new(queue))
+                };
+                (replaced.and_then(|old| old.next_lapse()), after)
             }
-            None => {}
-        }
-        let after = self.deadline_of(&name);
+            None => {
+                let lapse = self.queues.get(&name).and_then(|queue| queue.next_lapse());
+                (lapse, lapse)
+            }
+        };
+        let earliest = |a: Option<SystemTime>, b: Option<SystemTime>| a.into_iter().chain(b).min();
+        let before = earliest(lease_before, lapse_before);
+        let after = earliest(lease_after, lapse_after);
         if before != after {
             if let Some(at) = before {
                 self.deadlines.remove(&(at, name.clone()));
@@ -779,11 +795,22 @@ impl LockTable {
         }
     }
 
-    /// The earliest deadline of the lock called `name`: a lease, a place or a grant.
-    fn deadline_of(&self, name: &str) -> Option<SystemTime> {
-        let lease = self.locks.get(name).and_then(|lock| lock.next_deadline());
-        let lapse = self.queues.get(name).and_then(|queue| queue.next_lapse());
-        lease.into_iter().chain(lapse).min()
+    /// True when the deadline index holds exactly each lock's earliest lease end or queue
+    /// lapse: what [`LockTable::update`] keeps in step.
+    #[cfg(test)]
+    pub(crate) fn deadlines_in_step(&self) -> bool {
+        let names: std::collections::BTreeSet<&Arc<str>> =
+            self.locks.keys().chain(self.queues.keys()).collect();
+        let expected: Deadlines = names
+            .into_iter()
+            .filter_map(|name| {
+                let lease = self.locks.get(name).and_then(|lock| lock.next_deadline());
+                let lapse = self.queues.get(name).and_then(|queue| queue.next_lapse());
+                let earliest = lease.into_iter().chain(lapse).min()?;
+                Some((earliest, name.clone()))
+            })
+            .collect();
+        expected == self.deadlines
     }
 
     /// Applies one request directly (after expiring what is due); for tests and tools that
@@ -1882,6 +1909,7 @@ mod tests {
                     prop_assert!(seen.is_free() || seen.token == lock.token);
                 }
                 prop_assert_eq!(table.next_deadline(), table.locks.values().filter_map(|l| l.next_deadline()).min());
+                prop_assert!(table.deadlines_in_step());
             }
         }
     }
