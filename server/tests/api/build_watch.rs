@@ -430,6 +430,14 @@ fn logins_are_renewed_and_an_unknown_build_is_kept() {
         concourse.with(|s| s.asked.iter().all(|(_, status)| *status != 401)),
         "a token about to expire is renewed before it is used"
     );
+    // Tokens from here on last long enough not to be renewed, so that the next question uses
+    // the token about to be revoked (a renewal in between would leave nothing to refuse; it
+    // happened under load).
+    concourse.with(|s| s.token_life = Some(Duration::from_secs(3600)));
+    let logins = concourse.with(|s| s.logins);
+    eventually("logged in for a long-lived token", || {
+        concourse.with(|s| s.logins) > logins
+    });
     concourse.with(|s| s.tokens.clear());
     let logins = concourse.with(|s| s.logins);
     concourse.set(9, "failed");
