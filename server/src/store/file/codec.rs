@@ -130,20 +130,23 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 
 impl StoredHolder {
     fn into_holder(self, locked_at: Option<SystemTime>) -> Result<Holder, String> {
-        let what = format!("holder '{}'", self.requestor);
+        // Made only for an error: a load of 100,000 holders formats nothing.
+        let what = || format!("holder '{}'", self.requestor);
+        let time =
+            |field: &str, text| parse_time(field, text).map_err(|e| format!("{}: {e}", what()));
         Ok(Holder {
             since: match self.since {
                 None => locked_at,
-                Some(since) => parse_time(&format!("{what}: since"), since)?,
+                Some(since) => time("since", since)?,
             },
-            expires_at: parse_time(&format!("{what}: expires_at"), self.expires_at)?,
+            expires_at: time("expires_at", self.expires_at)?,
             owner: match self.owner {
                 None => Owner::new(),
                 Some(pairs) => {
                     let count = pairs.len();
                     let owner: Owner = pairs.into_iter().collect();
                     if owner.len() != count {
-                        return Err(format!("{what}: its owner names a field twice"));
+                        return Err(format!("{}: its owner names a field twice", what()));
                     }
                     owner
                 }
@@ -151,7 +154,7 @@ impl StoredHolder {
             hold: match self.hold.as_deref() {
                 None => Hold::UntilUnlocked,
                 Some(name) => Hold::parse(name).ok_or_else(|| {
-                    format!("{what}: hold '{name}' is not build or until_unlocked")
+                    format!("{}: hold '{name}' is not build or until_unlocked", what())
                 })?,
             },
             requestor: self.requestor,
