@@ -6,6 +6,7 @@
 //! `chromedriver` on a free port; only one runs at a time, so timings stay those of one page on
 //! a small machine.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -78,7 +79,10 @@ impl Browser {
         };
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let port = locker_testkit::process::free_port().expect("a free port");
+        // In a process group of its own, with the Chromium it starts, so that the drop below
+        // stops them all (Chromium's helpers outlived the driver and the session's end).
         let driver = Command::new(&chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -351,6 +355,11 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
             let _ = self.try_command("DELETE", &self.session.clone(), Value::Null);
+        }
+        if let Ok(group) = libc::pid_t::try_from(self.driver.id()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory is
+            // involved.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
