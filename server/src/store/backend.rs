@@ -26,6 +26,14 @@ pub trait Backend: Send + 'static {
         now: SystemTime,
     ) -> Result<Committed, CommitError>;
 
+    /// True when a commit may run on the thread of the request that asked for it, an async
+    /// runtime's worker: it blocks no longer than a local write and fsync, and never enters an
+    /// async runtime itself. Then a request that finds the writer idle commits at once instead
+    /// of waking the writer thread and being woken by it (see [`super::LockStore::submit`]).
+    fn commits_inline(&self) -> bool {
+        false
+    }
+
     /// Called once when the writer stops.
     fn finish(&mut self) -> io::Result<()> {
         Ok(())

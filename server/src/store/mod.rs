@@ -8,6 +8,11 @@
 //! published and the batch answered. If the commit fails, every request in the batch is told
 //! so and nothing was published.
 //!
+//! Without load there is nothing to group: a request that finds the writer idle, nothing
+//! queued and the last batch a single request commits on its own thread, when the backend
+//! allows it (a local file, not a database), and saves the two thread wake-ups of the hand-off
+//! (see [`LockStore::submit`]). Both paths go through the same [`Writer`], behind one mutex.
+//!
 //! Leases: every batch first releases the claims whose deadline has passed. When no request
 //! comes, the writer wakes at the next deadline (and at least once a second while one is
 //! pending, so a clock that jumps is followed) to commit the expiry by itself; at start-up it
@@ -16,7 +21,8 @@
 //! Readers take the latest published table: a clone that shares everything with the writer's
 //! but the paths changed since (see [`crate::domain::Locks`]), so a reader that serializes
 //! 100,000 locks holds nothing the writer needs. Subscribers are woken by each new table (a
-//! `watch` channel). The writer is a plain thread because fsync blocks.
+//! `watch` channel). The writer is a plain thread because fsync blocks; an inline commit
+//! blocks its runtime worker for one fsync, and is done only when no request waits for the writer.
 
 mod backend;
 pub mod file;
@@ -26,8 +32,8 @@ pub use backend::{Backend, CommitError, Committed, Health, Request, Wake};
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -71,12 +77,35 @@ enum Message {
     StopWaiters,
     /// The backend asks for a batch even if no request comes (see [`Backend::attach`]).
     Wake,
+    /// An inline commit moved the next deadline before the writer's wake-up: it sleeps again,
+    /// until the new one.
+    Rearm,
+}
+
+/// The writer's channel, counting what is queued on it, so that a request can tell that
+/// nothing it must come after is waiting (see [`LockStore::submit`]).
+struct Jobs {
+    sender: mpsc::Sender<Message>,
+    queued: AtomicUsize,
+}
+
+impl Jobs {
+    fn send(&self, message: Message) -> Result<(), StoreError> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.sender.send(message).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            StoreError::Stopped
+        })
+    }
 }
 
 /// A cheap, cloneable handle on the published table and the writer.
 #[derive(Clone)]
 pub struct LockStore {
-    jobs: Arc<mpsc::Sender<Message>>,
+    jobs: Arc<Jobs>,
+    /// The writer's state, for requests to commit inline; none when the backend's commits
+    /// must stay off the async runtime.
+    inline: Option<Arc<dyn CommitInline>>,
     published: watch::Receiver<LockTable>,
     polls: Arc<AtomicU64>,
     /// Set when the server stops: long-lived answers (waits, event streams) end.
@@ -108,34 +137,43 @@ impl LockStore {
         }
         let health = backend.health();
         let (publish, published) = watch::channel(backend.table().clone());
-        let (jobs, queue) = mpsc::channel();
+        let (sender, queue) = mpsc::channel();
         // Weak: the writer (which owns the backend) must still see the channel close once
         // every handle is dropped.
-        let jobs = Arc::new(jobs);
+        let jobs = Arc::new(Jobs {
+            sender,
+            queued: AtomicUsize::new(0),
+        });
         let waker = Arc::downgrade(&jobs);
         backend.attach(Wake(Arc::new(move || {
             if let Some(jobs) = waker.upgrade() {
                 let _ = jobs.send(Message::Wake);
             }
         })));
-        let writer = thread::Builder::new()
-            .name("locker-writer".into())
-            .spawn(move || {
-                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    Writer::new(backend, &publish, &*clock, &metrics).run(&queue)
-                }));
-                if written.is_err() {
-                    // Nothing can be written any more: better a restart from the state file,
-                    // which holds everything acknowledged, than a server that refuses writes.
-                    tracing::error!("the writer thread panicked; exiting so that the server is restarted from its state file");
-                    std::process::exit(70);
-                }
-            })?;
+        let inline = backend.commits_inline();
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(Writer::new(backend, publish, clock, metrics)),
+            jobs: Arc::downgrade(&jobs),
+        });
+        let writer = {
+            let shared = shared.clone();
+            let jobs = jobs.clone();
+            thread::Builder::new()
+                .name("locker-writer".into())
+                .spawn(move || {
+                    // The writer thread's own handle on the channel only counts what it
+                    // takes; the channel closes when the last `LockStore` is dropped.
+                    let queued = Arc::downgrade(&jobs);
+                    drop(jobs);
+                    exit_on_panic(|| shared.run(&queue, &queued));
+                })?
+        };
         let polls = Arc::new(AtomicU64::new(1));
         let stopping = Arc::new(watch::channel(false).0);
         Ok((
             LockStore {
                 jobs,
+                inline: inline.then_some(shared as Arc<dyn CommitInline>),
                 published,
                 polls,
                 stopping,
@@ -146,7 +184,21 @@ impl LockStore {
     }
 
     /// Decides a request; the answer comes once the change (if any) is durable.
+    ///
+    /// When the backend allows it, nothing is queued for the writer and the last batch held
+    /// one request (no load to group), the request is committed on this thread at once: two
+    /// thread wake-ups fewer, which is most of a lone client's time besides the fsync. Under
+    /// load the writer thread groups the requests as before.
     pub async fn submit(&self, request: Request) -> Result<Decision, StoreError> {
+        let request = match &self.inline {
+            Some(inline) if self.jobs.queued.load(Ordering::Acquire) == 0 => {
+                match inline.try_commit(request) {
+                    Inline::Answered(answer) => return answer,
+                    Inline::Busy(request) => request,
+                }
+            }
+            _ => request,
+        };
         let (reply, answer) = oneshot::channel();
         self.send(request, Some(reply))?;
         answer.await.map_err(|_| StoreError::Stopped)?
@@ -227,16 +279,14 @@ impl LockStore {
     }
 
     fn send(&self, request: Request, reply: Option<Reply>) -> Result<(), StoreError> {
-        self.jobs
-            .send(Message::Job { request, reply })
-            .map_err(|_| StoreError::Stopped)
+        self.jobs.send(Message::Job { request, reply })
     }
 }
 
 /// A poll in a queue whose answer has not been taken: dropped so, it tells the writer that
 /// nobody will take it.
 struct PendingPoll<'a> {
-    jobs: &'a mpsc::Sender<Message>,
+    jobs: &'a Jobs,
     name: String,
     poll: u64,
     answered: bool,
@@ -283,57 +333,90 @@ fn decide_and_commit(
     committed
 }
 
-/// The writer thread's state.
-struct Writer<'a, B> {
-    backend: B,
-    publish: &'a watch::Sender<LockTable>,
-    clock: &'a dyn Clock,
-    metrics: &'a Metrics,
-    /// Where the answers of the polls waiting in queues go, by poll.
-    polls: HashMap<u64, Reply>,
-    /// The store's own requests of a batch that failed, to try again: the end of a poll must
-    /// not be lost, or its place would never lapse.
-    retry: Vec<Request>,
-    /// True once the server is stopping: no poll waits any more.
-    stopping: bool,
-    last_failed: bool,
-}
-
-impl<'a, B: Backend> Writer<'a, B> {
-    fn new(
-        backend: B,
-        publish: &'a watch::Sender<LockTable>,
-        clock: &'a dyn Clock,
-        metrics: &'a Metrics,
-    ) -> Self {
-        Writer {
-            backend,
-            publish,
-            clock,
-            metrics,
-            polls: HashMap::new(),
-            retry: Vec::new(),
-            stopping: false,
-            last_failed: false,
+/// Runs `f`; if it panics, exits the process. Nothing can be written any more after a panic in
+/// the writer: better a restart from the state file, which holds everything acknowledged, than
+/// a server that refuses writes.
+fn exit_on_panic<T>(f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(value) => value,
+        Err(_) => {
+            tracing::error!(
+                "the writer panicked; exiting so that the server is restarted from its state file"
+            );
+            std::process::exit(70);
         }
     }
+}
 
-    fn run(mut self, queue: &mpsc::Receiver<Message>) {
+/// What the writer thread and the requests that commit inline share.
+struct Shared<B> {
+    writer: Mutex<Writer<B>>,
+    /// To wake the writer thread after an inline commit (weak: see [`LockStore::start`]).
+    jobs: std::sync::Weak<Jobs>,
+}
+
+/// A request committed on its own thread (type-erased, so that [`LockStore`] is not generic).
+trait CommitInline: Send + Sync {
+    /// Decides and commits `request` now if the writer is idle and had no load; gives the
+    /// request back otherwise.
+    fn try_commit(&self, request: Request) -> Inline;
+
+    /// True when nobody holds the writer's state (for tests).
+    #[cfg(test)]
+    fn unheld(&self) -> bool;
+}
+
+/// What became of a request offered to [`CommitInline::try_commit`].
+enum Inline {
+    Answered(Result<Decision, StoreError>),
+    /// The writer is busy, or was: the request goes to the writer thread.
+    Busy(Request),
+}
+
+impl<B: Backend> CommitInline for Shared<B> {
+    #[cfg(test)]
+    fn unheld(&self) -> bool {
+        self.writer.try_lock().is_ok()
+    }
+
+    fn try_commit(&self, request: Request) -> Inline {
+        // Busy (or poisoned, and the process is exiting): the writer thread takes it.
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return Inline::Busy(request);
+        };
+        if writer.last_batch > 1 {
+            return Inline::Busy(request);
+        }
+        let (reply, mut answer) = oneshot::channel();
+        exit_on_panic(|| {
+            writer.commit(vec![request], vec![Some(reply)]);
+            // The writer thread sleeps until the deadline it knew of; a sooner one (a new
+            // lease) must wake it.
+            let next = writer.backend.table().next_deadline();
+            if next.is_some_and(|at| writer.sleeps_until.is_none_or(|until| at < until))
+                && let Some(jobs) = self.jobs.upgrade()
+            {
+                writer.sleeps_until = next;
+                let _ = jobs.send(Message::Rearm);
+            }
+        });
+        drop(writer);
+        Inline::Answered(answer.try_recv().unwrap_or(Err(StoreError::Stopped)))
+    }
+}
+
+impl<B: Backend> Shared<B> {
+    /// The writer thread: takes whatever is queued as one batch and commits it, and commits
+    /// the expiry of leases when their deadline comes.
+    fn run(&self, queue: &mpsc::Receiver<Message>, jobs: &std::sync::Weak<Jobs>) {
+        let taken = |n: usize| {
+            if let Some(jobs) = jobs.upgrade() {
+                jobs.queued.fetch_sub(n, Ordering::AcqRel);
+            }
+        };
         loop {
             // Sleep until a request comes or the next lease ends.
-            let wait = self.backend.table().next_deadline().map(|at| {
-                let until = at.duration_since(self.clock.now()).unwrap_or_default();
-                let until = until.min(EXPIRY_CHECK);
-                if self.last_failed {
-                    until.max(RETRY_AFTER_FAILURE)
-                } else {
-                    until
-                }
-            });
-            let wait = match (wait, self.retry.is_empty()) {
-                (None, false) => Some(RETRY_AFTER_FAILURE),
-                (wait, _) => wait,
-            };
+            let wait = self.lock().sleep();
             let first = match wait {
                 None => match queue.recv() {
                     Ok(message) => Some(message),
@@ -345,47 +428,136 @@ impl<'a, B: Backend> Writer<'a, B> {
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
-            let mut requests = std::mem::take(&mut self.retry);
-            let mut replies: Vec<Option<Reply>> = requests.iter().map(|_| None).collect();
-            let mut woken = false;
+            // What came while an inline commit held the writer joins the batch too.
+            let mut writer = self.lock();
+            let mut messages = Vec::new();
             let mut next = first;
             while let Some(message) = next {
-                match message {
-                    Message::Job { request, reply } => {
-                        requests.push(request);
-                        replies.push(reply);
-                    }
-                    Message::StopWaiters => self.stop_waiters(),
-                    Message::Wake => woken = true,
-                }
-                next = if requests.len() < MAX_BATCH {
+                messages.push(message);
+                next = if messages.len() < MAX_BATCH {
                     queue.try_recv().ok()
                 } else {
                     None
                 };
             }
-            let now = self.clock.now();
-            if requests.is_empty()
-                && !woken
-                && self
-                    .backend
-                    .table()
-                    .next_deadline()
-                    .is_none_or(|at| at > now)
-            {
-                continue;
-            }
-            self.commit(requests, replies);
+            taken(messages.len());
+            writer.take(messages);
         }
-        if let Err(e) = self.backend.finish() {
+        let mut writer = self.lock();
+        if let Err(e) = writer.backend.finish() {
             tracing::warn!(error = %e, "could not fold the journal into the state file at shutdown; it is replayed at the next start");
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, Writer<B>> {
+        // Poisoned only by a panic in a commit, after which the process exits.
+        self.writer
+            .lock()
+            .unwrap_or_else(|_| exit_on_panic(|| panic!("the writer's state is poisoned")))
+    }
+}
+
+/// The writer's state.
+struct Writer<B> {
+    backend: B,
+    publish: watch::Sender<LockTable>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    /// Where the answers of the polls waiting in queues go, by poll.
+    polls: HashMap<u64, Reply>,
+    /// The store's own requests of a batch that failed, to try again: the end of a poll must
+    /// not be lost, or its place would never lapse.
+    retry: Vec<Request>,
+    /// True once the server is stopping: no poll waits any more.
+    stopping: bool,
+    last_failed: bool,
+    /// The requests of the last batch that had any: more than one means load, which the
+    /// writer thread groups.
+    last_batch: usize,
+    /// The deadline the writer thread sleeps until; `None`: until a request comes.
+    sleeps_until: Option<SystemTime>,
+}
+
+impl<B: Backend> Writer<B> {
+    fn new(
+        backend: B,
+        publish: watch::Sender<LockTable>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Writer {
+            backend,
+            publish,
+            clock,
+            metrics,
+            polls: HashMap::new(),
+            retry: Vec::new(),
+            stopping: false,
+            last_failed: false,
+            last_batch: 0,
+            sleeps_until: None,
+        }
+    }
+
+    /// How long the writer thread may sleep: until the next lease ends (checked at least every
+    /// second), or after a failure until it is time to retry; `None`: until a request comes.
+    fn sleep(&mut self) -> Option<Duration> {
+        let now = self.clock.now();
+        let wait = self.backend.table().next_deadline().map(|at| {
+            let until = at.duration_since(now).unwrap_or_default();
+            let until = until.min(EXPIRY_CHECK);
+            if self.last_failed {
+                until.max(RETRY_AFTER_FAILURE)
+            } else {
+                until
+            }
+        });
+        let wait = match (wait, self.retry.is_empty()) {
+            (None, false) => Some(RETRY_AFTER_FAILURE),
+            (wait, _) => wait,
+        };
+        self.sleeps_until = wait.map(|wait| now + wait);
+        wait
+    }
+
+    /// Takes what the writer thread received: commits its requests (and the retries) as one
+    /// batch, or an empty one if a lease is due or the backend asked for it.
+    fn take(&mut self, messages: Vec<Message>) {
+        let mut requests = std::mem::take(&mut self.retry);
+        let mut replies: Vec<Option<Reply>> = requests.iter().map(|_| None).collect();
+        let mut woken = false;
+        for message in messages {
+            match message {
+                Message::Job { request, reply } => {
+                    requests.push(request);
+                    replies.push(reply);
+                }
+                Message::StopWaiters => self.stop_waiters(),
+                Message::Wake => woken = true,
+                Message::Rearm => {}
+            }
+        }
+        let now = self.clock.now();
+        if requests.is_empty()
+            && !woken
+            && self
+                .backend
+                .table()
+                .next_deadline()
+                .is_none_or(|at| at > now)
+        {
+            return;
+        }
+        self.commit(requests, replies);
+    }
+
     /// Decides and commits one batch, publishes the new table, and answers.
     fn commit(&mut self, requests: Vec<Request>, replies: Vec<Option<Reply>>) {
+        if !requests.is_empty() {
+            self.last_batch = requests.len();
+        }
         let now = self.clock.now();
-        match decide_and_commit(&mut self.backend, &requests, now, self.metrics) {
+        match decide_and_commit(&mut self.backend, &requests, now, &self.metrics) {
             Ok(committed) => {
                 self.last_failed = false;
                 if committed.changed {
@@ -453,6 +625,110 @@ mod tests {
             op: Op::Lock,
             claim: Claim::new(key, key),
         }
+    }
+
+    /// A file backend that records on which thread each batch was committed, and how many
+    /// requests it had, and that can hold a commit until told to go on.
+    struct Recording {
+        inner: FileBackend,
+        commits: Arc<Mutex<Vec<(String, usize)>>>,
+        gate: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
+    }
+
+    impl Backend for Recording {
+        fn table(&self) -> &LockTable {
+            self.inner.table()
+        }
+
+        fn decide_and_commit(
+            &mut self,
+            requests: &[Request],
+            now: SystemTime,
+        ) -> Result<Committed, CommitError> {
+            let gate = self.gate.lock().unwrap().take();
+            if let Some(gate) = gate {
+                gate.recv().unwrap();
+            }
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            self.commits.lock().unwrap().push((thread, requests.len()));
+            self.inner.decide_and_commit(requests, now)
+        }
+
+        fn commits_inline(&self) -> bool {
+            self.inner.commits_inline()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_request_commits_on_its_own_thread_and_requests_under_load_are_grouped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, _) = FileBackend::open_keeping(&dir.path().join("locks.yml"), 100).unwrap();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Mutex::new(None));
+        let backend = Recording {
+            inner,
+            commits: commits.clone(),
+            gate: gate.clone(),
+        };
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let (store, writer) =
+            LockStore::start(backend, Arc::new(clock), Arc::new(Metrics::new())).unwrap();
+
+        // Alone: committed on the request's own thread.
+        assert_eq!(
+            store.submit(lock_request("a", "k")).await.unwrap().verdict,
+            Verdict::Acquired
+        );
+
+        // A commit that takes long (held at the gate): the requests that come meanwhile queue
+        // for the writer thread, which takes them as one batch.
+        let (open, held) = mpsc::channel();
+        *gate.lock().unwrap() = Some(held);
+        let slow = tokio::spawn({
+            let store = store.clone();
+            async move { store.submit(lock_request("slow", "k")).await }
+        });
+        while gate.lock().unwrap().is_some() {
+            tokio::task::yield_now().await;
+        }
+        let queued: Vec<_> = ["b", "c", "d"]
+            .into_iter()
+            .map(|name| {
+                let store = store.clone();
+                tokio::spawn(async move { store.submit(lock_request(name, "k")).await })
+            })
+            .collect();
+        while store.jobs.queued.load(Ordering::Acquire) < 3 {
+            tokio::task::yield_now().await;
+        }
+        open.send(()).unwrap();
+        for request in std::iter::once(slow).chain(queued) {
+            assert_eq!(request.await.unwrap().unwrap().verdict, Verdict::Acquired);
+        }
+
+        // After a batch of three (load), the next request still goes to the writer thread;
+        // after that batch of one, the following one commits inline again.
+        store.submit(lock_request("e", "k")).await.unwrap();
+        // (The writer thread answers before it lets go of the writer's state.)
+        while !store.inline.as_ref().unwrap().unheld() {
+            tokio::task::yield_now().await;
+        }
+        store.submit(lock_request("f", "k")).await.unwrap();
+
+        let commits = commits.lock().unwrap().clone();
+        let writer_thread = |thread: &str| thread == "locker-writer";
+        let seen: Vec<(bool, usize)> = commits
+            .iter()
+            .map(|(thread, n)| (writer_thread(thread), *n))
+            .collect();
+        assert_eq!(
+            seen,
+            [(false, 1), (false, 1), (true, 3), (true, 1), (false, 1)],
+            "(committed by the writer thread, requests) of each batch: {commits:?}"
+        );
+        assert_eq!(store.snapshot().revision, 7, "every grant was committed");
+        drop(store);
+        writer.join().unwrap();
     }
 
     #[tokio::test]

@@ -97,6 +97,12 @@ impl Backend for FileBackend {
         })
     }
 
+    /// A commit is one `pwrite` and one `fdatasync` of the journal (a compaction that is due
+    /// runs on a thread of its own).
+    fn commits_inline(&self) -> bool {
+        true
+    }
+
     /// Waits for a running compaction, then folds the journal into the state file and removes
     /// its segments, so that after a clean stop the state file alone holds everything (for
     /// backups, and for going back to the original server).
