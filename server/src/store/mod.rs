@@ -8,8 +8,8 @@
 //! published and the batch answered. If the commit fails, every request in the batch is told
 //! so and nothing was published.
 //!
-//! Without load there is nothing to group: a request that finds the writer idle, nothing
-//! queued and the last batch a single request commits on its own thread, when the backend
+//! Without load there is nothing to group: a request that finds no other request waiting for
+//! a decision, after a batch of one, commits on its own thread, when the backend
 //! allows it (a local file, not a database), and saves the two thread wake-ups of the hand-off
 //! (see [`LockStore::submit`]). Both paths go through the same [`Writer`], behind one mutex.
 //!
@@ -108,6 +108,8 @@ pub struct LockStore {
     inline: Option<Arc<dyn CommitInline>>,
     published: watch::Receiver<LockTable>,
     polls: Arc<AtomicU64>,
+    /// Requests in [`LockStore::submit`], waiting for their decision.
+    deciding: Arc<AtomicUsize>,
     /// Set when the server stops: long-lived answers (waits, event streams) end.
     stopping: Arc<watch::Sender<bool>>,
     /// The backend's storage health, when it can fail while the server runs.
@@ -176,6 +178,7 @@ impl LockStore {
                 inline: inline.then_some(shared as Arc<dyn CommitInline>),
                 published,
                 polls,
+                deciding: Arc::new(AtomicUsize::new(0)),
                 stopping,
                 health,
             },
@@ -185,13 +188,15 @@ impl LockStore {
 
     /// Decides a request; the answer comes once the change (if any) is durable.
     ///
-    /// When the backend allows it, nothing is queued for the writer and the last batch held
-    /// one request (no load to group), the request is committed on this thread at once: two
-    /// thread wake-ups fewer, which is most of a lone client's time besides the fsync. Under
-    /// load the writer thread groups the requests as before.
+    /// When the backend allows it, no other request waits for a decision (none is queued for
+    /// the writer, none is being decided) and the last batch was a single request, the
+    /// request is committed on this thread at once: two thread wake-ups fewer. Under load the
+    /// writer thread groups the requests into one commit, as an inline commit would block this
+    /// runtime worker meanwhile.
     pub async fn submit(&self, request: Request) -> Result<Decision, StoreError> {
+        let deciding = Deciding::enter(&self.deciding);
         let request = match &self.inline {
-            Some(inline) if self.jobs.queued.load(Ordering::Acquire) == 0 => {
+            Some(inline) if deciding.alone && self.jobs.queued.load(Ordering::Acquire) == 0 => {
                 match inline.try_commit(request) {
                     Inline::Answered(answer) => return answer,
                     Inline::Busy(request) => request,
@@ -283,6 +288,29 @@ impl LockStore {
     }
 }
 
+/// A request counted among those waiting for a decision, while it lives.
+struct Deciding<'a> {
+    count: &'a AtomicUsize,
+    /// True when no other request was waiting for one as it came.
+    alone: bool,
+}
+
+impl<'a> Deciding<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        Deciding {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A poll in a queue whose answer has not been taken: dropped so, it tells the writer that
 /// nobody will take it.
 struct PendingPoll<'a> {
@@ -357,8 +385,8 @@ struct Shared<B> {
 
 /// A request committed on its own thread (type-erased, so that [`LockStore`] is not generic).
 trait CommitInline: Send + Sync {
-    /// Decides and commits `request` now if the writer is idle and had no load; gives the
-    /// request back otherwise.
+    /// Decides and commits `request` now if nobody holds the writer and its last batch was a
+    /// single request; gives the request back otherwise.
     fn try_commit(&self, request: Request) -> Inline;
 
     /// True when nobody holds the writer's state (for tests).
@@ -384,6 +412,9 @@ impl<B: Backend> CommitInline for Shared<B> {
         let Ok(mut writer) = self.writer.try_lock() else {
             return Inline::Busy(request);
         };
+        // A lull in load: this request came alone, but the last batch was grouped. The writer
+        // thread takes it, so that a short gap between loaded batches does not block a
+        // runtime worker.
         if writer.last_batch > 1 {
             return Inline::Busy(request);
         }
@@ -471,8 +502,7 @@ struct Writer<B> {
     /// True once the server is stopping: no poll waits any more.
     stopping: bool,
     last_failed: bool,
-    /// The requests of the last batch that had any: more than one means load, which the
-    /// writer thread groups.
+    /// The requests of the last batch that had any: more than one means load.
     last_batch: usize,
     /// The deadline the writer thread sleeps until; `None`: until a request comes.
     sleeps_until: Option<SystemTime>,
@@ -706,14 +736,15 @@ mod tests {
             assert_eq!(request.await.unwrap().unwrap().verdict, Verdict::Acquired);
         }
 
-        // After a batch of three (load), the next request still goes to the writer thread;
-        // after that batch of one, the following one commits inline again.
-        store.submit(lock_request("e", "k")).await.unwrap();
-        // (The writer thread answers before it lets go of the writer's state.)
-        while !store.inline.as_ref().unwrap().unheld() {
-            tokio::task::yield_now().await;
+        // Alone again, but right after a grouped batch: still the writer thread. After that
+        // batch of one, inline again. (The writer thread answers before it lets go of the
+        // writer's state.)
+        for name in ["e", "f"] {
+            while !store.inline.as_ref().unwrap().unheld() {
+                tokio::task::yield_now().await;
+            }
+            store.submit(lock_request(name, "k")).await.unwrap();
         }
-        store.submit(lock_request("f", "k")).await.unwrap();
 
         let commits = commits.lock().unwrap().clone();
         let writer_thread = |thread: &str| thread == "locker-writer";
