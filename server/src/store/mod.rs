@@ -196,7 +196,11 @@ impl LockStore {
     pub async fn submit(&self, request: Request) -> Result<Decision, StoreError> {
         let deciding = Deciding::enter(&self.deciding);
         let request = match &self.inline {
-            Some(inline) if deciding.alone && self.jobs.queued.load(Ordering::Acquire) == 0 => {
+            Some(inline)
+                if deciding.alone
+                    && self.jobs.queued.load(Ordering::Acquire) == 0
+                    && !self.hands_over(&request.name) =>
+            {
                 match inline.try_commit(request) {
                     Inline::Answered(answer) => return answer,
                     Inline::Busy(request) => request,
@@ -281,6 +285,13 @@ impl LockStore {
     /// A receiver that is told of every newly published table.
     pub fn subscribe(&self) -> watch::Receiver<LockTable> {
         self.published.clone()
+    }
+
+    /// True when others wait in `name`'s queue: a change to it may grant one of them, whose
+    /// answer should not wait for this runtime worker to finish the request that freed it. The
+    /// writer thread wakes it on whichever worker is free.
+    fn hands_over(&self, name: &str) -> bool {
+        self.published.borrow().queue(name).is_some()
     }
 
     fn send(&self, request: Request, reply: Option<Reply>) -> Result<(), StoreError> {
@@ -690,7 +701,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lone_request_commits_on_its_own_thread_and_requests_under_load_are_grouped() {
+    async fn a_lone_request_commits_on_its_own_thread_and_requests_under_load_or_hand_overs_go_to_the_writer()
+     {
         let dir = tempfile::tempdir().unwrap();
         let (inner, _) = FileBackend::open_keeping(&dir.path().join("locks.yml"), 100).unwrap();
         let commits = Arc::new(Mutex::new(Vec::new()));
@@ -746,18 +758,52 @@ mod tests {
             store.submit(lock_request(name, "k")).await.unwrap();
         }
 
+        // Alone, but others wait for the lock: the writer thread frees it, and wakes the
+        // granted waiter on whichever worker is free.
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            let claim = Claim::new("w", "w");
+            async move {
+                let wait = Duration::from_secs(60);
+                store.wait("f".into(), claim, wait, Duration::ZERO).await
+            }
+        });
+        while store.snapshot().queue("f").is_none() || !store.inline.as_ref().unwrap().unheld() {
+            tokio::task::yield_now().await;
+        }
+        let unlock = Request {
+            name: "f".into(),
+            op: Op::Unlock,
+            claim: Claim::new("k", "k"),
+        };
+        assert_eq!(
+            store.submit(unlock).await.unwrap().verdict,
+            Verdict::Released
+        );
+        assert_eq!(waiter.await.unwrap().unwrap().verdict, Verdict::Acquired);
+
         let commits = commits.lock().unwrap().clone();
         let writer_thread = |thread: &str| thread == "locker-writer";
+        // (Batches of no request are the writer's own: the granted place's grace ending.)
         let seen: Vec<(bool, usize)> = commits
             .iter()
+            .filter(|(_, n)| *n > 0)
             .map(|(thread, n)| (writer_thread(thread), *n))
             .collect();
         assert_eq!(
             seen,
-            [(false, 1), (false, 1), (true, 3), (true, 1), (false, 1)],
+            [
+                (false, 1),
+                (false, 1),
+                (true, 3),
+                (true, 1),
+                (false, 1),
+                (true, 1),
+                (true, 1)
+            ],
             "(committed by the writer thread, requests) of each batch: {commits:?}"
         );
-        assert_eq!(store.snapshot().revision, 7, "every grant was committed");
+        assert_eq!(store.snapshot().revision, 9, "every change was committed");
         drop(store);
         writer.join().unwrap();
     }
