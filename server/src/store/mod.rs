@@ -159,16 +159,9 @@ impl LockStore {
         });
         let writer = {
             let shared = shared.clone();
-            let jobs = jobs.clone();
             thread::Builder::new()
                 .name("locker-writer".into())
-                .spawn(move || {
-                    // The writer thread's own handle on the channel only counts what it
-                    // takes; the channel closes when the last `LockStore` is dropped.
-                    let queued = Arc::downgrade(&jobs);
-                    drop(jobs);
-                    exit_on_panic(|| shared.run(&queue, &queued));
-                })?
+                .spawn(move || exit_on_panic(|| shared.run(&queue)))?
         };
         let polls = Arc::new(AtomicU64::new(1));
         let stopping = Arc::new(watch::channel(false).0);
@@ -390,7 +383,8 @@ fn exit_on_panic<T>(f: impl FnOnce() -> T) -> T {
 /// What the writer thread and the requests that commit inline share.
 struct Shared<B> {
     writer: Mutex<Writer<B>>,
-    /// To wake the writer thread after an inline commit (weak: see [`LockStore::start`]).
+    /// The writer's channel: to wake the writer thread after an inline commit, and to count
+    /// what it takes (weak: the channel closes when the last [`LockStore`] is dropped).
     jobs: std::sync::Weak<Jobs>,
 }
 
@@ -450,9 +444,9 @@ impl<B: Backend> CommitInline for Shared<B> {
 impl<B: Backend> Shared<B> {
     /// The writer thread: takes whatever is queued as one batch and commits it, and commits
     /// the expiry of leases when their deadline comes.
-    fn run(&self, queue: &mpsc::Receiver<Message>, jobs: &std::sync::Weak<Jobs>) {
+    fn run(&self, queue: &mpsc::Receiver<Message>) {
         let taken = |n: usize| {
-            if let Some(jobs) = jobs.upgrade() {
+            if let Some(jobs) = self.jobs.upgrade() {
                 jobs.queued.fetch_sub(n, Ordering::AcqRel);
             }
         };
