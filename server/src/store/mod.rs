@@ -77,9 +77,6 @@ enum Message {
     StopWaiters,
     /// The backend asks for a batch even if no request comes (see [`Backend::attach`]).
     Wake,
-    /// An inline commit moved the next deadline before the writer's wake-up: it sleeps again,
-    /// until the new one.
-    Rearm,
 }
 
 /// The writer's channel, counting what is queued on it, so that a request can tell that
@@ -425,16 +422,9 @@ impl<B: Backend> CommitInline for Shared<B> {
         }
         let (reply, mut answer) = oneshot::channel();
         exit_on_panic(|| {
+            // The writer thread wakes at least once a second, and so sees a deadline this
+            // commit set.
             writer.commit(vec![request], vec![Some(reply)]);
-            // The writer thread sleeps until the deadline it knew of; a sooner one (a new
-            // lease) must wake it.
-            let next = writer.backend.table().next_deadline();
-            if next.is_some_and(|at| writer.sleeps_until.is_none_or(|until| at < until))
-                && let Some(jobs) = self.jobs.upgrade()
-            {
-                writer.sleeps_until = next;
-                let _ = jobs.send(Message::Rearm);
-            }
         });
         drop(writer);
         Inline::Answered(answer.try_recv().unwrap_or(Err(StoreError::Stopped)))
@@ -509,8 +499,6 @@ struct Writer<B> {
     last_failed: bool,
     /// The requests of the last batch that had any: more than one means load.
     last_batch: usize,
-    /// The deadline the writer thread sleeps until; `None`: until a request comes.
-    sleeps_until: Option<SystemTime>,
 }
 
 impl<B: Backend> Writer<B> {
@@ -530,7 +518,6 @@ impl<B: Backend> Writer<B> {
             stopping: false,
             last_failed: false,
             last_batch: 0,
-            sleeps_until: None,
         }
     }
 
@@ -551,8 +538,8 @@ impl<B: Backend> Writer<B> {
             (None, false) => Some(RETRY_AFTER_FAILURE),
             (wait, _) => wait,
         };
-        self.sleeps_until = wait.map(|wait| now + wait);
-        wait
+        // Without a deadline, still once a second: an inline commit may have set one.
+        Some(wait.unwrap_or(EXPIRY_CHECK))
     }
 
     /// Takes what the writer thread received: commits its requests (and the retries) as one
@@ -569,7 +556,6 @@ impl<B: Backend> Writer<B> {
                 }
                 Message::StopWaiters => self.stop_waiters(),
                 Message::Wake => woken = true,
-                Message::Rearm => {}
             }
         }
         let now = self.clock.now();
