@@ -361,62 +361,80 @@ impl Serialize for ReadView<'_> {
 
 /// How many locks one piece of a streamed `GET /locks` holds: enough to keep the overhead
 /// per piece small, few enough that writing one takes well under a millisecond.
-const LOCKS_PER_PIECE: usize = 512;
+pub(super) const LOCKS_PER_PIECE: usize = 512;
 
-/// Every lock of `locks`, by name, as a JSON object written a piece at a time: each piece
-/// starts after the last name written, so the stream owns nothing but the snapshot.
-pub(super) fn locks_json_stream(
+/// Every lock of a snapshot, by name, as one JSON object written a piece at a time: each piece
+/// starts after the last name written, so the pieces own nothing but the snapshot.
+pub(super) struct LockPieces {
     table: LockTable,
     seen: Option<Arc<Seen>>,
     now: std::time::SystemTime,
-) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
-    use std::ops::Bound;
-    let start: Option<Option<Arc<str>>> = Some(None);
-    futures_util::stream::unfold((table, start), move |(table, after)| {
-        let seen = seen.clone();
-        async move {
-            let after = after?;
-            // hyper pulls pieces for as long as the socket takes them; yielding between pieces
-            // lets the requests queued on this worker run in between, so a big read costs them
-            // at most one piece of waiting.
-            tokio::task::yield_now().await;
-            let mut piece = Vec::with_capacity(64 * 1024);
-            let lower = match &after {
-                None => {
-                    piece.push(b'{');
-                    Bound::Unbounded
-                }
-                Some(name) => Bound::Excluded(name.clone()),
-            };
-            let mut last = None;
-            for (i, (name, lock)) in table
-                .locks
-                .range((lower, Bound::Unbounded))
-                .take(LOCKS_PER_PIECE)
-                .enumerate()
-            {
-                if i > 0 || after.is_some() {
-                    piece.push(b',');
-                }
-                let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
-                    piece.push(b':');
-                    let queue = ReadView::of(table.queue(name), seen.as_deref(), now);
-                    serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(now), Some(queue)))
-                });
-                if let Err(e) = written {
-                    return Some((Err(std::io::Error::other(e)), (table, None)));
-                }
-                last = Some(name.clone());
-            }
-            match last {
-                Some(name) => Some((Ok(piece), (table, Some(Some(name))))),
-                None => {
-                    piece.push(b'}');
-                    Some((Ok(piece), (table, None)))
-                }
-            }
+    /// `None` before the first piece, then the last name written; the pieces have ended when
+    /// this is `Some(None)` taken.
+    after: Option<Option<Arc<str>>>,
+}
+
+impl LockPieces {
+    pub(super) fn new(
+        table: LockTable,
+        seen: Option<Arc<Seen>>,
+        now: std::time::SystemTime,
+    ) -> LockPieces {
+        LockPieces {
+            table,
+            seen,
+            now,
+            after: Some(None),
         }
-    })
+    }
+
+    /// How many pieces are left to write (the closing brace included).
+    pub(super) fn len(&self) -> usize {
+        self.table.locks.len() / LOCKS_PER_PIECE + 1
+    }
+}
+
+impl Iterator for LockPieces {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::ops::Bound;
+        let after = self.after.take()?;
+        let mut piece = Vec::with_capacity(64 * 1024);
+        let lower = match &after {
+            None => {
+                piece.push(b'{');
+                Bound::Unbounded
+            }
+            Some(name) => Bound::Excluded(name.clone()),
+        };
+        let mut last = None;
+        for (i, (name, lock)) in self
+            .table
+            .locks
+            .range((lower, Bound::Unbounded))
+            .take(LOCKS_PER_PIECE)
+            .enumerate()
+        {
+            if i > 0 || after.is_some() {
+                piece.push(b',');
+            }
+            let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
+                piece.push(b':');
+                let queue = ReadView::of(self.table.queue(name), self.seen.as_deref(), self.now);
+                serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(self.now), Some(queue)))
+            });
+            if let Err(e) = written {
+                return Some(Err(std::io::Error::other(e)));
+            }
+            last = Some(name.clone());
+        }
+        match last {
+            Some(name) => self.after = Some(Some(name)),
+            None => piece.push(b'}'),
+        }
+        Some(Ok(piece))
+    }
 }
 
 /// Claims per requestor, as the original server wrote them.

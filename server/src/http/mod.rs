@@ -8,6 +8,7 @@ mod answer;
 mod body;
 mod metrics;
 mod middleware;
+mod reads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,14 +119,14 @@ fn openapi() -> Response {
 }
 
 /// `GET /locks`: every lock, streamed from one snapshot a slice at a time, so a large table
-/// neither holds up the other requests on this worker nor sits in memory whole.
+/// neither holds up the lock requests (see [`reads`]) nor sits in memory whole.
 #[handler]
 fn list_locks(api: Data<&Arc<Api>>) -> Response {
     let snapshot = api.store.snapshot();
     Response::builder()
         .status(StatusCode::OK)
         .content_type("application/json")
-        .body(Body::from_bytes_stream(answer::locks_json_stream(
+        .body(Body::from_bytes_stream(reads::locks_json_stream(
             snapshot,
             api.watch.as_ref().map(Watch::seen),
             api.clock.now(),

@@ -1,6 +1,7 @@
 //! Slow and idle clients: 1,000 idle connections and 100 slowloris clients (a header byte a
 //! second) at once; a normal client is still answered within 100 ms p99, memory stays bounded,
-//! and the server closes the slow connections once a request head has taken 10 s.
+//! and the server closes the slow connections once a request head has taken 10 s. A large
+//! read is written by a thread of lower priority, which ends when its client goes.
 //!
 //! Broken on purpose (tried): serving without `connection::Limited` (in `server.rs`) makes
 //! `slowloris_and_idle_connections_do_not_starve_a_normal_client` fail with "the server still
@@ -119,4 +120,153 @@ fn slowloris_and_idle_connections_do_not_starve_a_normal_client() {
         "connections that never sent a request head are closed too"
     );
     assert_eq!(client.get(&server.url("/healthz")).0, 200);
+}
+
+/// The threads of process `pid` named `name`, each with its nice value.
+fn threads_named(pid: u32, name: &str) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // After the command's closing parenthesis come the fields from the 3rd (state) on;
+            // the 19th is the nice value.
+            let fields = &stat[stat.rfind(')')? + 1..];
+            fields.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Every lock the server holds, from one `GET /locks` read to the end (with curl: the test
+/// client stops at 10 MB).
+fn full_read(server: &Locker) -> serde_json::Map<String, serde_json::Value> {
+    let read = std::process::Command::new("curl")
+        .args(["-sS", "--fail"])
+        .arg(server.url("/locks"))
+        .output()
+        .expect("curl is installed");
+    assert!(read.status.success(), "GET /locks: {read:?}");
+    match serde_json::from_slice(&read.stdout) {
+        Ok(serde_json::Value::Object(locks)) => locks,
+        other => panic!("GET /locks is not a JSON object: {other:?}"),
+    }
+}
+
+/// Polls `condition` every 20 ms for up to `limit`; true when it held.
+fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+#[test]
+fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_goes() {
+    use locker_server::domain::{Claim, LockTable, Op};
+
+    // About 13 MB of JSON: more than the socket buffers take from a client that reads nothing.
+    const LOCKS: usize = 50_000;
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let state_file = dir.path().join("locker.yml");
+    let mut table = LockTable::default();
+    let at = std::time::SystemTime::now();
+    for i in 0..LOCKS {
+        let claim = Claim::new(format!("key-{i}"), format!("pipeline-{i}"));
+        table.apply(&format!("held-{i:06}"), Op::Lock, &claim, at);
+    }
+    std::fs::write(
+        &state_file,
+        locker_server::state_file::to_bytes(&table).unwrap(),
+    )
+    .unwrap();
+    let server = Locker::start_on(dir, state_file, Default::default())
+        .unwrap_or_else(|f| panic!("locker did not start: {}", f.log));
+    let client = Client::new();
+
+    // Read whole, the pieces written by the reader thread make one object with every lock.
+    let locks = full_read(&server);
+    assert_eq!(locks.len(), LOCKS);
+    assert_eq!(locks["held-000000"]["key"], "key-0");
+    assert_eq!(locks["held-049999"]["locked_by"]["pipeline-49999"], 1);
+    assert!(
+        eventually(Duration::from_secs(5), || threads_named(
+            server.pid(),
+            "locker-read"
+        )
+        .is_empty()),
+        "the reader thread ends once the read is written"
+    );
+
+    // A client that asks and then reads nothing holds the reader thread at the channel.
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    stalled
+        .write_all(b"GET /locks HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut nice = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            nice = threads_named(server.pid(), "locker-read");
+            !nice.is_empty()
+        }),
+        "a thread named locker-read writes the large read"
+    );
+    assert_eq!(nice, [10], "the reader thread runs at nice 10");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        threads_named(server.pid(), "locker-read").len(),
+        1,
+        "the reader waits for its client while it reads nothing"
+    );
+    let url = server.url("/lock/during-a-read");
+    assert_eq!(client.put(&url, &body("k", "r")).0, 200);
+    assert_eq!(client.delete(&url, &body("k", "r")).0, 200);
+
+    // Eight stalled readers hold eight threads; a ninth read is written on the runtime's
+    // workers instead of starting a thread, and is whole too.
+    let mut more_stalled = Vec::new();
+    for _ in 0..7 {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        s.write_all(b"GET /locks HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        more_stalled.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || threads_named(
+            server.pid(),
+            "locker-read"
+        )
+        .len()
+            == 8),
+        "eight stalled readers hold eight threads"
+    );
+    let locks = full_read(&server);
+    // `during-a-read` stays in the table once released, as in the original server.
+    assert_eq!(
+        locks.len(),
+        LOCKS + 1,
+        "a ninth read, written on the workers"
+    );
+    assert_eq!(locks["during-a-read"]["key"], "");
+    assert_eq!(threads_named(server.pid(), "locker-read").len(), 8);
+
+    // The clients go away: the threads end instead of waiting for them forever.
+    drop(stalled);
+    drop(more_stalled);
+    assert!(
+        eventually(Duration::from_secs(5), || threads_named(
+            server.pid(),
+            "locker-read"
+        )
+        .is_empty()),
+        "the reader thread ends when its client goes"
+    );
 }
