@@ -369,8 +369,8 @@ pub(super) struct LockPieces {
     table: LockTable,
     seen: Option<Arc<Seen>>,
     now: std::time::SystemTime,
-    /// `None` before the first piece, then the last name written; the pieces have ended when
-    /// this is `Some(None)` taken.
+    /// Where the next piece starts: `Some(None)` at the opening brace, `Some(Some(name))` after
+    /// `name`; `None` once the closing brace is written.
     after: Option<Option<Arc<str>>>,
 }
 
@@ -388,9 +388,9 @@ impl LockPieces {
         }
     }
 
-    /// How many pieces are left to write (the closing brace included).
-    pub(super) fn len(&self) -> usize {
-        self.table.locks.len() / LOCKS_PER_PIECE + 1
+    /// True when the locks do not fit in one piece.
+    pub(super) fn is_large(&self) -> bool {
+        self.table.locks.len() > LOCKS_PER_PIECE
     }
 }
 
@@ -408,30 +408,32 @@ impl Iterator for LockPieces {
             }
             Some(name) => Bound::Excluded(name.clone()),
         };
+        let mut written = 0;
         let mut last = None;
-        for (i, (name, lock)) in self
+        for (name, lock) in self
             .table
             .locks
             .range((lower, Bound::Unbounded))
             .take(LOCKS_PER_PIECE)
-            .enumerate()
         {
-            if i > 0 || after.is_some() {
+            if written > 0 || after.is_some() {
                 piece.push(b',');
             }
-            let written = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
+            let result = serde_json::to_writer(&mut piece, &**name).and_then(|()| {
                 piece.push(b':');
                 let queue = ReadView::of(self.table.queue(name), self.seen.as_deref(), self.now);
                 serde_json::to_writer(&mut piece, &LockJson(&lock.as_of(self.now), Some(queue)))
             });
-            if let Err(e) = written {
+            if let Err(e) = result {
                 return Some(Err(std::io::Error::other(e)));
             }
+            written += 1;
             last = Some(name.clone());
         }
-        match last {
-            Some(name) => self.after = Some(Some(name)),
-            None => piece.push(b'}'),
+        if written < LOCKS_PER_PIECE {
+            piece.push(b'}');
+        } else {
+            self.after = Some(last);
         }
         Some(Ok(piece))
     }
@@ -497,6 +499,35 @@ mod tests {
 
     use super::*;
     use crate::domain::{LockTable, Op, Owner};
+
+    #[test]
+    fn the_pieces_make_one_object_with_every_lock_and_a_small_table_is_one_piece() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for count in [0, 1, 511, 512, 513, 1_100] {
+            let mut table = LockTable::default();
+            for i in 0..count {
+                table.apply(
+                    &format!("lock-{i:05}"),
+                    Op::Lock,
+                    &Claim::new("k", "r"),
+                    now,
+                );
+            }
+            let pieces: Vec<Vec<u8>> = LockPieces::new(table, None, now)
+                .map(Result::unwrap)
+                .collect();
+            // Every piece but the closing one holds LOCKS_PER_PIECE locks.
+            assert_eq!(pieces.len(), count / LOCKS_PER_PIECE + 1, "{count} locks");
+            let whole: serde_json::Value = serde_json::from_slice(&pieces.concat())
+                .unwrap_or_else(|e| panic!("{count} locks: {e}"));
+            let locks = whole.as_object().unwrap();
+            assert_eq!(locks.len(), count);
+            if count > 0 {
+                let last = format!("lock-{:05}", count - 1);
+                assert_eq!(locks[&last]["locked_by"]["r"], 1, "{count} locks");
+            }
+        }
+    }
 
     #[test]
     fn the_lock_object_is_what_the_protocol_crate_reads() {

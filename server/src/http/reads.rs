@@ -40,7 +40,7 @@ pub(super) fn locks_json_stream(
     now: SystemTime,
 ) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
     let pieces = LockPieces::new(table.clone(), seen.clone(), now);
-    if pieces.len() > 1 {
+    if pieces.is_large() {
         match on_reader_thread(pieces) {
             Ok(written) => return written.left_stream(),
             Err(e) => tracing::warn!(
