@@ -443,16 +443,10 @@ impl<B: Backend> Shared<B> {
         loop {
             // Sleep until a request comes or the next lease ends.
             let wait = self.lock().sleep();
-            let first = match wait {
-                None => match queue.recv() {
-                    Ok(message) => Some(message),
-                    Err(_) => break,
-                },
-                Some(wait) => match queue.recv_timeout(wait) {
-                    Ok(message) => Some(message),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                },
+            let first = match queue.recv_timeout(wait) {
+                Ok(message) => Some(message),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             // What came while an inline commit held the writer joins the batch too.
             let mut writer = self.lock();
@@ -522,24 +516,23 @@ impl<B: Backend> Writer<B> {
     }
 
     /// How long the writer thread may sleep: until the next lease ends (checked at least every
-    /// second), or after a failure until it is time to retry; `None`: until a request comes.
-    fn sleep(&mut self) -> Option<Duration> {
+    /// second), or after a failure until it is time to retry; without either, a second.
+    fn sleep(&mut self) -> Duration {
         let now = self.clock.now();
-        let wait = self.backend.table().next_deadline().map(|at| {
-            let until = at.duration_since(now).unwrap_or_default();
-            let until = until.min(EXPIRY_CHECK);
-            if self.last_failed {
-                until.max(RETRY_AFTER_FAILURE)
-            } else {
-                until
+        match self.backend.table().next_deadline() {
+            Some(at) => {
+                let until = at.duration_since(now).unwrap_or_default();
+                let until = until.min(EXPIRY_CHECK);
+                if self.last_failed {
+                    until.max(RETRY_AFTER_FAILURE)
+                } else {
+                    until
+                }
             }
-        });
-        let wait = match (wait, self.retry.is_empty()) {
-            (None, false) => Some(RETRY_AFTER_FAILURE),
-            (wait, _) => wait,
-        };
-        // Without a deadline, still once a second: an inline commit may have set one.
-        Some(wait.unwrap_or(EXPIRY_CHECK))
+            None if !self.retry.is_empty() => RETRY_AFTER_FAILURE,
+            // Still once a second: an inline commit may have set a deadline meanwhile.
+            None => EXPIRY_CHECK,
+        }
     }
 
     /// Takes what the writer thread received: commits its requests (and the retries) as one
