@@ -365,6 +365,7 @@ pub(super) const LOCKS_PER_PIECE: usize = 512;
 
 /// Every lock of a snapshot, by name, as one JSON object written a piece at a time: each piece
 /// starts after the last name written, so the pieces own nothing but the snapshot.
+#[derive(Clone)]
 pub(super) struct LockPieces {
     table: LockTable,
     seen: Option<Arc<Seen>>,

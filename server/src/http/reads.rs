@@ -39,16 +39,17 @@ pub(super) fn locks_json_stream(
     seen: Option<Arc<Seen>>,
     now: SystemTime,
 ) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
-    let pieces = LockPieces::new(table.clone(), seen.clone(), now);
+    let pieces = LockPieces::new(table, seen, now);
     if pieces.is_large() {
-        match on_reader_thread(pieces) {
+        // A clone of the snapshot (shared, not copied), kept in case no thread starts.
+        match on_reader_thread(pieces.clone()) {
             Ok(written) => return written.left_stream(),
             Err(e) => tracing::warn!(
                 "cannot start a thread for a large read ({e}); it is written on the runtime's workers"
             ),
         }
     }
-    on_worker(LockPieces::new(table, seen, now)).right_stream()
+    on_worker(pieces).right_stream()
 }
 
 /// Writes `pieces` on a new thread at [`READER_NICE`]; fails when [`MAX_READER_THREADS`] run
