@@ -157,6 +157,15 @@ fn full_read(server: &Locker) -> serde_json::Map<String, serde_json::Value> {
     }
 }
 
+/// A client that asks for `GET /locks` and reads nothing of the answer.
+fn stalled_read(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /locks HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    stream
+}
+
 /// Polls `condition` every 20 ms for up to `limit`; true when it held.
 fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
@@ -191,6 +200,8 @@ fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_
     let server = Locker::start_on(dir, state_file, Default::default())
         .unwrap_or_else(|f| panic!("locker did not start: {}", f.log));
     let client = Client::new();
+    // The nice value of each thread writing a large read.
+    let readers = || threads_named(server.pid(), "locker-read");
 
     // Read whole, the pieces written by the reader thread make one object with every lock.
     let locks = full_read(&server);
@@ -198,23 +209,16 @@ fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_
     assert_eq!(locks["held-000000"]["key"], "key-0");
     assert_eq!(locks["held-049999"]["locked_by"]["pipeline-49999"], 1);
     assert!(
-        eventually(Duration::from_secs(5), || threads_named(
-            server.pid(),
-            "locker-read"
-        )
-        .is_empty()),
+        eventually(Duration::from_secs(5), || readers().is_empty()),
         "the reader thread ends once the read is written"
     );
 
     // A client that asks and then reads nothing holds the reader thread at the channel.
-    let mut stalled = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-    stalled
-        .write_all(b"GET /locks HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
+    let stalled = stalled_read(server.port());
     let mut nice = Vec::new();
     assert!(
         eventually(Duration::from_secs(5), || {
-            nice = threads_named(server.pid(), "locker-read");
+            nice = readers();
             !nice.is_empty()
         }),
         "a thread named locker-read writes the large read"
@@ -222,7 +226,7 @@ fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_
     assert_eq!(nice, [10], "the reader thread runs at nice 10");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        threads_named(server.pid(), "locker-read").len(),
+        readers().len(),
         1,
         "the reader waits for its client while it reads nothing"
     );
@@ -232,20 +236,9 @@ fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_
 
     // Eight stalled readers hold eight threads; a ninth read is written on the runtime's
     // workers instead of starting a thread, and is whole too.
-    let mut more_stalled = Vec::new();
-    for _ in 0..7 {
-        let mut s = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-        s.write_all(b"GET /locks HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        more_stalled.push(s);
-    }
+    let more_stalled: Vec<TcpStream> = (0..7).map(|_| stalled_read(server.port())).collect();
     assert!(
-        eventually(Duration::from_secs(5), || threads_named(
-            server.pid(),
-            "locker-read"
-        )
-        .len()
-            == 8),
+        eventually(Duration::from_secs(5), || readers().len() == 8),
         "eight stalled readers hold eight threads"
     );
     let locks = full_read(&server);
@@ -256,17 +249,13 @@ fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_
         "a ninth read, written on the workers"
     );
     assert_eq!(locks["during-a-read"]["key"], "");
-    assert_eq!(threads_named(server.pid(), "locker-read").len(), 8);
+    assert_eq!(readers().len(), 8);
 
     // The clients go away: the threads end instead of waiting for them forever.
     drop(stalled);
     drop(more_stalled);
     assert!(
-        eventually(Duration::from_secs(5), || threads_named(
-            server.pid(),
-            "locker-read"
-        )
-        .is_empty()),
+        eventually(Duration::from_secs(5), || readers().is_empty()),
         "the reader thread ends when its client goes"
     );
 }
