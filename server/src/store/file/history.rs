@@ -8,6 +8,7 @@
 //! one. When the file holds twice as many entries as are kept, it is rewritten with the kept
 //! ones, so the disk use is bounded.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -31,13 +32,26 @@ pub(super) struct HistoryFile {
     damaged: bool,
 }
 
+/// A history file as read, before anything is written to it.
+#[derive(Debug, Default)]
+pub(super) struct HistoryRead {
+    /// Its latest entries, oldest first: at most as many as are kept.
+    pub entries: Vec<Entry>,
+    /// Bytes of complete lines.
+    good_len: u64,
+    /// Entries in the file.
+    lines: usize,
+    /// The id of its last entry (0: none).
+    last_id: u64,
+}
+
 impl HistoryFile {
-    /// Opens (or creates) the history file at `path`; returns it and its entries, oldest
-    /// first. A damaged line is skipped with a warning: history is a record, not state.
-    pub fn open(path: &Path, max: usize) -> io::Result<(HistoryFile, Vec<Entry>)> {
-        let mut entries = Vec::new();
-        let mut good_len = 0u64;
-        let mut lines = 0usize;
+    /// Reads the history file at `path` (absent means empty) without changing it, keeping
+    /// the latest `max` entries. A damaged line is skipped with a warning: history is a
+    /// record, not state.
+    pub fn read(path: &Path, max: usize) -> io::Result<HistoryRead> {
+        let mut entries = VecDeque::new();
+        let mut read = HistoryRead::default();
         if let Ok(file) = File::open(path) {
             let mut reader = io::BufReader::new(file);
             let mut line = String::new();
@@ -47,14 +61,18 @@ impl HistoryFile {
                 if n == 0 || !line.ends_with('\n') {
                     break;
                 }
-                good_len += n as u64;
+                read.good_len += n as u64;
                 let parsed = serde_json::from_str::<StoredEntry>(&line)
                     .map_err(|e| e.to_string())
                     .and_then(StoredEntry::into_entry);
                 match parsed {
-                    Ok(entry) if entries.last().is_none_or(|e: &Entry| e.id < entry.id) => {
-                        lines += 1;
-                        entries.push(entry);
+                    Ok(entry) if entry.id > read.last_id => {
+                        read.lines += 1;
+                        read.last_id = entry.id;
+                        entries.push_back(entry);
+                        if entries.len() > max {
+                            entries.pop_front();
+                        }
                     }
                     Ok(entry) => tracing::warn!(
                         "{}: skipping history entry {} out of order",
@@ -65,24 +83,26 @@ impl HistoryFile {
                 }
             }
         }
+        read.entries = entries.into();
+        Ok(read)
+    }
+
+    /// Opens (or creates) the history file at `path` that `read` came from, for appending,
+    /// and cuts off an append that never finished (what it held is in the journal).
+    pub fn open(path: &Path, read: &HistoryRead, max: usize) -> io::Result<HistoryFile> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        // An append that never finished held nothing only here: cut it off.
-        if file.metadata()?.len() > good_len {
-            file.set_len(good_len)?;
+        if file.metadata()?.len() > read.good_len {
+            file.set_len(read.good_len)?;
         }
-        if entries.len() > max {
-            entries.drain(..entries.len() - max);
-        }
-        let history = HistoryFile {
+        Ok(HistoryFile {
             path: path.to_owned(),
             tmp_path: path.with_extension("history.tmp"),
             file,
-            lines,
-            last_id: entries.last().map_or(0, |e| e.id),
+            lines: read.lines,
+            last_id: read.last_id,
             max,
             damaged: false,
-        };
-        Ok((history, entries))
+        })
     }
 
     /// Appends the entries not in the file yet (not fsynced: their journal record holds them

@@ -38,7 +38,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::codec::{StoredEntry, StoredLock, StoredLockView, UniqueMap};
-use crate::domain::{Changes, Entry};
+use crate::domain::Changes;
 
 use std::collections::BTreeMap;
 
@@ -56,13 +56,11 @@ pub(super) struct Record {
     pub after: Option<u64>,
 }
 
-/// What reading one segment found.
+/// What reading one segment found (its records went to the caller as they were read).
 #[derive(Debug, Default)]
 pub(super) struct SegmentRead {
     /// True when the file exists.
     pub exists: bool,
-    /// Every intact record, in order.
-    pub records: Vec<Record>,
     /// Bytes of intact records; writing goes on from here.
     pub good_len: u64,
     /// The end of the last byte that is not zero: `good_len..data_end` holds an incomplete
@@ -72,8 +70,12 @@ pub(super) struct SegmentRead {
     pub torn: Option<String>,
 }
 
-/// Reads the segment at `path` (absent means empty) without holding it in memory whole.
-pub(super) fn read_segment(path: &Path) -> Result<SegmentRead, String> {
+/// Reads the segment at `path` (absent means empty) a record at a time, handing each intact
+/// one to `each`; stops at the first error `each` returns.
+pub(super) fn read_segment(
+    path: &Path,
+    each: &mut dyn FnMut(Record) -> Result<(), String>,
+) -> Result<SegmentRead, String> {
     let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
     let file = match File::open(path) {
         Ok(file) => file,
@@ -101,11 +103,11 @@ pub(super) fn read_segment(path: &Path) -> Result<SegmentRead, String> {
         match parse_record(&piece[..piece.len() - 1]) {
             Ok((changes, after)) => {
                 offset += piece.len() as u64;
-                read.records.push(Record {
+                each(Record {
                     line,
                     changes,
                     after,
-                });
+                })?;
             }
             Err(reason) => break Some(reason),
         }
@@ -215,14 +217,42 @@ fn rest_data_end(
     }
 }
 
+/// The revision of the first record in the segment at `path`, if it starts with an intact
+/// one (a segment without one is read first; reading it whole tells what is wrong with it).
+fn first_revision(path: &Path) -> Result<Option<u64>, String> {
+    let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    };
+    let mut reader = io::BufReader::with_capacity(1 << 16, file);
+    if at_nul_or_end(&mut reader).map_err(cannot)? {
+        return Ok(None);
+    }
+    let mut piece = Vec::new();
+    if !next_piece(&mut reader, &mut piece).map_err(cannot)? {
+        return Ok(None);
+    }
+    Ok(parse_record(&piece[..piece.len() - 1])
+        .ok()
+        .map(|(changes, _)| changes.revision))
+}
+
+/// A record of the journal, as [`read`] hands it over.
+#[derive(Debug, PartialEq)]
+pub(super) enum Replayed {
+    /// At or below the state file's revision: its changes are in the state file, but a crash
+    /// after the state file was written may have kept its history entries from the history
+    /// file.
+    Folded(Changes),
+    /// Above the state file's revision: a batch to apply.
+    New(Changes),
+}
+
 /// What loading both segments found.
 #[derive(Debug, Default)]
 pub(super) struct Replay {
-    /// The batches, in order, with revisions above the state file's.
-    pub batches: Vec<Changes>,
-    /// The history entries of the records at or below the state file's revision: a crash
-    /// after the state file was written may have kept them from the history file.
-    pub skipped_history: Vec<Entry>,
     /// Each segment as read, by [`SEGMENT_SUFFIXES`] index.
     pub segments: [SegmentRead; 2],
     /// The segment that takes new batches: the one holding the latest records.
@@ -231,16 +261,22 @@ pub(super) struct Replay {
     pub last_revision: u64,
 }
 
-/// Reads both segments (`paths`, by [`SEGMENT_SUFFIXES`] index), the older first, keeping the
-/// batches above `after_revision` (the state file's). Revisions must increase across both, and
-/// a record that says which one it follows must follow the one before it.
-pub(super) fn read(paths: &[PathBuf; 2], after_revision: u64) -> Result<Replay, String> {
-    let segments = [read_segment(&paths[0])?, read_segment(&paths[1])?];
-    let first = |s: &SegmentRead| s.records.first().map(|r| r.changes.revision);
+/// Reads both segments (`paths`, by [`SEGMENT_SUFFIXES`] index), the older first, handing
+/// each record to `each` as it is read, so that loading holds one record at a time, however
+/// long the journal. Records at or below `after_revision` (the state file's) are
+/// [`Replayed::Folded`]. Revisions must increase across both segments, and a record that says
+/// which one it follows must follow the one before it; the first that does not ends the
+/// reading with an error (the records before it were handed over already).
+pub(super) fn read(
+    paths: &[PathBuf; 2],
+    after_revision: u64,
+    mut each: impl FnMut(Replayed) -> Result<(), String>,
+) -> Result<Replay, String> {
+    let first = [first_revision(&paths[0])?, first_revision(&paths[1])?];
     // Older first: a segment without records goes first, so that the other is live.
-    let order = match (first(&segments[0]), first(&segments[1])) {
-        (Some(a), Some(b)) if a < b => [0, 1],
-        (None, Some(_)) => [0, 1],
+    let order = match first {
+        [Some(a), Some(b)] if a < b => [0, 1],
+        [None, Some(_)] => [0, 1],
         _ => [1, 0],
     };
     let mut replay = Replay {
@@ -250,10 +286,9 @@ pub(super) fn read(paths: &[PathBuf; 2], after_revision: u64) -> Result<Replay, 
     };
     let mut last_revision = 0u64;
     let mut applied: Option<u64> = None;
-    for &i in &order {
+    for i in order {
         let path = &paths[i];
-        let segment = &segments[i];
-        for record in &segment.records {
+        replay.segments[i] = read_segment(path, &mut |record| {
             let revision = record.changes.revision;
             if revision <= last_revision {
                 return Err(format!(
@@ -264,10 +299,7 @@ pub(super) fn read(paths: &[PathBuf; 2], after_revision: u64) -> Result<Replay, 
             }
             last_revision = revision;
             if revision <= after_revision {
-                replay
-                    .skipped_history
-                    .extend(record.changes.history.iter().cloned());
-                continue;
+                return each(Replayed::Folded(record.changes));
             }
             if let Some(after) = record.after {
                 let expected = applied.unwrap_or(after_revision);
@@ -284,11 +316,10 @@ pub(super) fn read(paths: &[PathBuf; 2], after_revision: u64) -> Result<Replay, 
                 }
             }
             applied = Some(revision);
-            replay.batches.push(record.changes.clone());
-        }
+            each(Replayed::New(record.changes))
+        })?;
     }
     replay.last_revision = applied.unwrap_or(after_revision);
-    replay.segments = segments;
     Ok(replay)
 }
 
@@ -517,11 +548,39 @@ mod tests {
         SEGMENT_SUFFIXES.map(|s| dir.join(format!("locks.yml.{s}")))
     }
 
-    fn read_one(bytes: &[u8], after_revision: u64) -> Result<Replay, String> {
+    /// What [`read`] handed over and returned.
+    #[derive(Debug)]
+    struct Read {
+        batches: Vec<Changes>,
+        folded: Vec<Changes>,
+        segments: [SegmentRead; 2],
+        live: usize,
+        last_revision: u64,
+    }
+
+    fn read_all(paths: &[PathBuf; 2], after_revision: u64) -> Result<Read, String> {
+        let (mut batches, mut folded) = (Vec::new(), Vec::new());
+        let replay = read(paths, after_revision, |record| {
+            match record {
+                Replayed::New(changes) => batches.push(changes),
+                Replayed::Folded(changes) => folded.push(changes),
+            }
+            Ok(())
+        })?;
+        Ok(Read {
+            batches,
+            folded,
+            segments: replay.segments,
+            live: replay.live,
+            last_revision: replay.last_revision,
+        })
+    }
+
+    fn read_one(bytes: &[u8], after_revision: u64) -> Result<Read, String> {
         let dir = tempfile::tempdir().unwrap();
         let paths = segments(dir.path());
         std::fs::write(&paths[0], bytes).unwrap();
-        read(&paths, after_revision)
+        read_all(&paths, after_revision)
     }
 
     #[test]
@@ -644,30 +703,35 @@ mod tests {
         for (first, second, live) in [(&older, &newer, 1), (&newer, &older, 0)] {
             std::fs::write(&paths[0], first).unwrap();
             std::fs::write(&paths[1], second).unwrap();
-            let replay = read(&paths, 0).unwrap();
+            let replay = read_all(&paths, 0).unwrap();
             assert_eq!(replay.batches, batches, "older segment first");
             assert_eq!(
                 replay.live, live,
                 "the segment with the latest records is live"
             );
-            let replay = read(&paths, batches[1].revision).unwrap();
+            let replay = read_all(&paths, batches[1].revision).unwrap();
             assert_eq!(replay.batches, batches[2..], "a folded segment is skipped");
+            assert_eq!(
+                replay.folded,
+                batches[..2],
+                "its records are handed over as folded"
+            );
         }
         // The older segment cut after its first record: the newer one's first record does not
         // follow the last one read.
         std::fs::write(&paths[0], journal_of(&batches[..1], 0)).unwrap();
         std::fs::write(&paths[1], &newer).unwrap();
-        let err = read(&paths, 0).unwrap_err();
+        let err = read_all(&paths, 0).unwrap_err();
         assert!(
             err.contains("locks.yml.journal.2 line 1") && err.contains("records are missing"),
             "{err}"
         );
         // ... unless the state file holds what was cut.
-        let replay = read(&paths, batches[1].revision).unwrap();
+        let replay = read_all(&paths, batches[1].revision).unwrap();
         assert_eq!(replay.batches, batches[2..]);
         // Without the older segment, the state file must hold what it held.
         std::fs::remove_file(&paths[0]).unwrap();
-        assert!(read(&paths, 0).is_err(), "a missing segment is refused");
+        assert!(read_all(&paths, 0).is_err(), "a missing segment is refused");
     }
 
     #[test]
@@ -682,14 +746,14 @@ mod tests {
         bytes.extend_from_slice(&[b'x'; 300]);
         bytes.resize(8192, 0);
         std::fs::write(&paths[0], &bytes).unwrap();
-        let replay = read(&paths, 0).unwrap();
+        let replay = read_all(&paths, 0).unwrap();
         let read0 = &replay.segments[0];
         let mut segment = Segment::open(&paths[0], read0.good_len, read0.data_end).unwrap();
         let second = batch(&mut table, "b", Op::Lock);
         segment
             .append(&encode(&second, first.revision).unwrap())
             .unwrap();
-        assert_eq!(read(&paths, 0).unwrap().batches, vec![first, second]);
+        assert_eq!(read_all(&paths, 0).unwrap().batches, vec![first, second]);
         let on_disk = std::fs::read(&paths[0]).unwrap();
         assert_eq!(on_disk.len(), 8192, "the zeros written ahead are kept");
         assert!(

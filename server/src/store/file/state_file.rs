@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use super::codec::{StoredLock, StoredLockView, UniqueMap};
 use super::compaction::{Compactor, Done, Files, Job};
 use super::history::HistoryFile;
-use super::journal::{self, Segment};
+use super::journal::{self, Replayed, Segment};
 use crate::domain::{Changes, Holders, Lock, LockTable};
 
 /// The format version this server writes and reads.
@@ -205,7 +205,34 @@ impl StateFile {
                 Err(e) => return Err(io_err("reading", e)),
             },
         };
-        let replay = journal::read(&segments, table.revision).map_err(|reason| {
+        let history_path = dir_path.join(format!("{file_name}.history"));
+        let mut history_read = HistoryFile::read(&history_path, history_max)
+            .map_err(|e| io_err("reading its history file", e))?;
+        table.load_history(std::mem::take(&mut history_read.entries), history_max);
+        // Each record is applied as it is read: loading holds the table and one record, not
+        // the journal.
+        let replay = journal::read(&segments, table.revision, |record| {
+            match record {
+                // A crash after the state file was written may have kept these entries from
+                // the history file.
+                Replayed::Folded(changes) => {
+                    let history_id = table.history_id();
+                    let missing = changes.history.into_iter().filter(|e| e.id > history_id);
+                    table.load_history(missing.collect::<Vec<_>>(), history_max);
+                }
+                Replayed::New(mut changes) => {
+                    for name in changes.locks.keys() {
+                        names::check_text("lock name", name)
+                            .map_err(|e| format!("lock '{name}': {e}"))?;
+                    }
+                    // Entries that reached the history file before a crash are there already.
+                    changes.history.retain(|e| e.id > table.history_id());
+                    table.commit(changes);
+                }
+            }
+            Ok(())
+        })
+        .map_err(|reason| {
             invalid(format!(
                 "its journal could not be replayed: {reason}. The files were left untouched"
             ))
@@ -224,25 +251,10 @@ impl StateFile {
                 );
             }
         }
-        let history_path = dir_path.join(format!("{file_name}.history"));
-        let (history, entries) = HistoryFile::open(&history_path, history_max)
+        // Opened for writing only now that the journal was read without error: a refused
+        // journal leaves the state, journal and history files as they were.
+        let history = HistoryFile::open(&history_path, &history_read, history_max)
             .map_err(|e| io_err("opening its history file", e))?;
-        table.load_history(entries, history_max);
-        let history_id = table.history_id();
-        let missing = replay
-            .skipped_history
-            .into_iter()
-            .filter(|e| e.id > history_id);
-        table.load_history(missing.collect::<Vec<_>>(), history_max);
-        for mut changes in replay.batches {
-            for name in changes.locks.keys() {
-                names::check_text("lock name", name)
-                    .map_err(|e| invalid(format!("journal: lock '{name}': {e}")))?;
-            }
-            // Entries that reached the history file before a crash are there already.
-            changes.history.retain(|e| e.id > table.history_id());
-            table.commit(changes);
-        }
         let live_index = replay.live;
         let live_read = &replay.segments[live_index];
         let live = Segment::open(
