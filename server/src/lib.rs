@@ -11,6 +11,7 @@
 //!   which reads and changes locks through the API like any other client.
 //! - `metrics`: what the server counts for monitoring, served as `GET /metrics`.
 //! - `net`: listening, TLS, and limits on slow clients and on connections.
+//! - `background`: the lower CPU priority of threads that do background work.
 //! - [`app`]: builds the server from a configuration and a port, then serves it.
 //! - [`config`]: configuration from the environment.
 //! - [`healthcheck`]: the `locker healthcheck` probe for container runtimes.
@@ -20,6 +21,7 @@
 //! The wire types the server shares with its clients are in the `locker-protocol` crate.
 
 pub mod app;
+mod background;
 pub mod cli;
 pub mod clock;
 mod concourse;

@@ -21,10 +21,6 @@ use super::answer::LockPieces;
 use crate::concourse::Seen;
 use crate::domain::LockTable;
 
-/// The nice value of a reader thread (the workers run at 0). At 10 the kernel gives it about a
-/// tenth of a core's share when the workers want all of it, and everything when they don't.
-const READER_NICE: libc::c_int = 10;
-
 /// Reads written on their own thread at once; more are written on the runtime's workers, as
 /// small reads always are, so that a flood of readers cannot start a thread each.
 const MAX_READER_THREADS: usize = 8;
@@ -52,7 +48,7 @@ pub(super) fn locks_json_stream(
     on_worker(pieces).right_stream()
 }
 
-/// Writes `pieces` on a new thread at [`READER_NICE`]; fails when [`MAX_READER_THREADS`] run
+/// Writes `pieces` on a new thread at a lower priority (see [`crate::background`]); fails when [`MAX_READER_THREADS`] run
 /// already or no thread can be started.
 fn on_reader_thread(
     pieces: LockPieces,
@@ -69,10 +65,7 @@ fn on_reader_thread(
         .name("locker-read".into())
         .spawn(move || {
             let _slot = slot;
-            // On Linux the nice value belongs to the thread, and `0` names the calling one.
-            // If it cannot be raised, the read is written at the workers' priority.
-            // SAFETY: setpriority reads no memory of ours.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, READER_NICE) };
+            crate::background::lower_this_threads_priority();
             for piece in pieces {
                 let failed = piece.is_err();
                 // The client went away (the receiver is dropped), or the read failed.

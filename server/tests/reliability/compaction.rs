@@ -15,7 +15,10 @@
 //!   segment's name, with the acknowledged records in it, is gone);
 //! - making the history durable only after the old segment is replaced (`sync_history` after
 //!   `fresh_segment`): `killed_while_the_history_is_made_durable` fails with "after a power cut,
-//!   the history is not what was acknowledged".
+//!   the history is not what was acknowledged";
+//! - the compaction thread left at the workers' priority (no
+//!   `background::lower_this_threads_priority` in `compaction::run`): every test here fails
+//!   with "the compaction thread runs at nice 10".
 
 use std::path::Path;
 use std::sync::Arc;
@@ -123,6 +126,9 @@ fn killed_while(stall: Stall, history_max: Option<&str>) {
         i += 1;
         assert!(i < 2000, "{test}: the call was never made");
     }
+    // The fold runs on its own thread, below the requests' priority (checked once the disk
+    // no longer holds the server: a test that fails while it does would never end).
+    let compaction_nice = crate::threads_named(server.pid(), "locker-compact");
     // The compaction is held: the live segment takes these.
     for j in 0..20 {
         change(&server, i + j, j % 3 != 2);
@@ -139,6 +145,11 @@ fn killed_while(stall: Stall, history_max: Option<&str>) {
         std::fs::copy(&path, crashed.path().join(path.file_name().unwrap())).unwrap();
     }
     disk.power_cut(true);
+    assert_eq!(
+        compaction_nice,
+        [10],
+        "{test}: the compaction thread runs at nice 10"
+    );
 
     for (what, files) in [("a crash", crashed.path()), ("a power cut", &*disk.backing)] {
         let restarted = Locker::start_on(dir.clone(), files.join(STATE), options.clone())

@@ -66,3 +66,24 @@ pub fn raw_status(response: &str) -> u16 {
 pub fn raw_body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
 }
+
+/// The threads of process `pid` named `name` (the kernel keeps 15 bytes of a name), each
+/// with its nice value.
+pub fn threads_named(pid: u32, name: &str) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // After the command's closing parenthesis come the fields from the 3rd (state) on;
+            // the 19th is the nice value.
+            let fields = &stat[stat.rfind(')')? + 1..];
+            fields.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}

@@ -122,26 +122,6 @@ fn slowloris_and_idle_connections_do_not_starve_a_normal_client() {
     assert_eq!(client.get(&server.url("/healthz")).0, 200);
 }
 
-/// The threads of process `pid` named `name`, each with its nice value.
-fn threads_named(pid: u32, name: &str) -> Vec<i64> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
-        })
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            // After the command's closing parenthesis come the fields from the 3rd (state) on;
-            // the 19th is the nice value.
-            let fields = &stat[stat.rfind(')')? + 1..];
-            fields.split_whitespace().nth(16)?.parse().ok()
-        })
-        .collect()
-}
-
 /// Every lock the server holds, from one `GET /locks` read to the end (with curl: the test
 /// client stops at 10 MB).
 fn full_read(server: &Locker) -> serde_json::Map<String, serde_json::Value> {
@@ -201,7 +181,7 @@ fn a_large_read_is_written_by_a_lower_priority_thread_that_ends_when_its_client_
         .unwrap_or_else(|f| panic!("locker did not start: {}", f.log));
     let client = Client::new();
     // The nice value of each thread writing a large read.
-    let readers = || threads_named(server.pid(), "locker-read");
+    let readers = || crate::threads_named(server.pid(), "locker-read");
 
     // Read whole, the pieces written by the reader thread make one object with every lock.
     let locks = full_read(&server);

@@ -1,9 +1,10 @@
 //! Compaction: folding a journal segment into the state file, on a thread of its own, so that
 //! no batch waits for a whole-table write.
 //!
-//! When the live segment has grown past the state file's size (and at least 1 MiB), the writer
-//! switches to the spare segment (open already, its name durable) and hands this thread the
-//! table as of that moment (a cheap clone) and the old segment's path. The thread then:
+//! When the live segment has grown past four times the state file's size (and at least 1 MiB),
+//! the writer switches to the spare segment (open already, its name durable) and hands this
+//! thread the table as of that moment (a cheap clone) and the old segment's path. The thread,
+//! at a lower CPU priority than the requests' (see [`crate::background`]), then:
 //!
 //! 1. writes the table into a new state file: a temporary file, fsynced, renamed over the
 //!    state file, then the directory fsynced;
@@ -149,7 +150,7 @@ impl Compactor {
         let (jobs, queue) = mpsc::channel();
         let (report, done) = mpsc::channel();
         let thread = thread::Builder::new()
-            .name("locker-compaction".into())
+            .name("locker-compact".into())
             .spawn(move || run(&files, &queue, &report))?;
         Ok(Compactor {
             jobs: Some(jobs),
@@ -216,6 +217,7 @@ impl Drop for Compactor {
 }
 
 fn run(files: &Files, queue: &mpsc::Receiver<Job>, report: &mpsc::Sender<Done>) {
+    crate::background::lower_this_threads_priority();
     while let Ok(job) = queue.recv() {
         let done = loop {
             match attempt(files, &job) {
