@@ -128,6 +128,13 @@ impl Locker {
         format!("http://{}", self.addr)
     }
 
+    /// Kills the server with SIGKILL, as a crash would end it, and waits for it to be gone.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Stops the server with SIGTERM (it drains and exits 0), killing it if it hangs.
     pub fn stop(mut self) -> anyhow::Result<()> {
         terminate(&mut self.child, STOP_TIMEOUT)?;

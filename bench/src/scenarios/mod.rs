@@ -36,6 +36,10 @@ const BIG_TABLE: usize = 10_000;
 const STARTUP_TABLE: usize = 100_000;
 /// Leases that end in the same second in the expiry storm.
 const EXPIRY_STORM: usize = 10_000;
+/// How many times the state file's size of journal the crashed server of scenario 7c leaves
+/// (it folds the journal in at four).
+const CRASH_JOURNAL_PER_STATE: u64 = 3;
+
 /// Held locks in the reader scenario: `GET /locks` of this many runs in a loop.
 const READER_TABLE: usize = 100_000;
 /// Held locks on the server the resource processes talk to.
@@ -634,7 +638,87 @@ impl Bench {
         let file = self.work.path().join("startup-block.yml");
         state::write_held_locks_block_yaml(&file, STARTUP_TABLE)?;
         self.startup_from(&file, "7b", "hand-written block YAML")
-            .await
+            .await?;
+        self.startup_after_crash().await
+    }
+
+    /// Start-up after a crash: a server on 100,000 locks is killed (SIGKILL) once its journal
+    /// holds about three times the state file, and started again on what it left, which it
+    /// replays record by record.
+    async fn startup_after_crash(&mut self) -> anyhow::Result<()> {
+        let file = self.work.path().join("startup.yml");
+        let level = self.settings.log_level.clone();
+        let running = self.locker(Some(&file), &level).await?;
+        let dir = running._dir.path().to_owned();
+        let state_len = fs::metadata(dir.join("locker.yml"))?.len();
+        let journal_len = || -> u64 {
+            ["locker.yml.journal", "locker.yml.journal.2"]
+                .iter()
+                .filter_map(|name| fs::metadata(dir.join(name)).ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        let addr = running.server.addr;
+        let second = Period {
+            warm_up: Duration::ZERO,
+            measured: Duration::from_secs(1),
+        };
+        let mut seconds = 0;
+        while journal_len() < CRASH_JOURNAL_PER_STATE * state_len {
+            seconds += 1;
+            if seconds > 120 {
+                bail!(
+                    "the journal grew to only {:.1} MB in two minutes",
+                    mb(journal_len())
+                );
+            }
+            load::run(CLIENTS, |i| OwnLockCycle::connect(addr, i), second)?;
+        }
+        // The directory stays until the restarted server is done with it.
+        let Running { server, _dir: kept } = running;
+        server.kill()?;
+        let journal = journal_len();
+
+        let server = Locker::start(LockerOptions {
+            bin_dir: &self.bins,
+            dir: &dir,
+            initial_state: None,
+            log_level: &level,
+            database: None,
+        })
+        .await?;
+        let first = server.started_in;
+        let cpu = server.cpu_time()?;
+        let rss = servers::peak_rss(server.pid())?;
+        let mut conn = Connection::connect(server.addr).await?;
+        let status = conn
+            .send(&request("GET", "/lock/held-050000", None, false))
+            .await?;
+        if status != 200 || !String::from_utf8_lossy(conn.body()).contains("key-50000") {
+            bail!(
+                "the server did not load the 100,000 locks after the crash: GET /lock/held-050000 answered {status}"
+            );
+        }
+        let mut row = Row::plain(
+            "7c",
+            &format!(
+                "Start-up after a crash: {} locks and their journal",
+                thousands(STARTUP_TABLE as f64)
+            ),
+        );
+        row.comparison = format!(
+            "killed (SIGKILL) after {seconds} s of 64 clients' cycles; first response {} ms after spawn (server CPU {} ms), peak RSS {:.1} MB; journal {:.1} MB replayed over a {:.1} MB state file",
+            ms(first),
+            ms(cpu),
+            mb(rss),
+            mb(journal),
+            mb(state_len)
+        );
+        row.target = "for comparison (the cost of folding the journal in less often)".into();
+        self.report.rows.push(row);
+        server.stop()?;
+        drop(kept);
+        Ok(())
     }
 
     async fn startup_from(&mut self, file: &Path, id: &str, form: &str) -> anyhow::Result<()> {

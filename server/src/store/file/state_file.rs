@@ -23,7 +23,7 @@
 //!
 //! Each batch of changes is appended to a journal next to the file (two segments,
 //! `<file>.journal` and `<file>.journal.2`, see [`super::journal`]) and fsynced. When the live
-//! segment has grown past the state file, the writer switches to the other segment and the
+//! segment has grown past four times the state file, the writer switches to the other segment and the
 //! compaction thread ([`super::compaction`]) writes the whole table into the state file: to a
 //! temporary file in the same directory, which is fsynced, renamed over the state file, and
 //! followed by an fsync of the directory, so the file on disk is always either the previous
@@ -105,7 +105,8 @@ pub struct StateFile {
     /// fold runs or failed).
     folding: bool,
     compactor: Compactor,
-    /// Size of the state file last written; the journal is folded in when it grows past it.
+    /// Size of the state file last written; the journal is folded in when it grows past
+    /// [`JOURNAL_PER_STATE`] times this.
     snapshot_len: u64,
     /// True until the state file is in this server's format (a legacy file is rewritten on
     /// the first change).
@@ -117,8 +118,18 @@ pub struct StateFile {
     min_compaction_len: u64,
 }
 
-/// The journal is folded into the state file once it is larger than this and than the file.
+/// The journal is folded into the state file once it is larger than this and than
+/// [`JOURNAL_PER_STATE`] times the file.
 const MIN_COMPACTION_LEN: u64 = 1 << 20;
+
+/// How many times the state file's size the live segment grows to before it is folded in.
+/// A fold writes the whole table: at 100,000 locks 16 MB and about 60 ms of CPU, and the
+/// journal's fsyncs meanwhile wait behind its writes, so the cyclers' p99 doubled while folds
+/// came every two seconds (BENCHMARKS.md, sixth session). At 4 the table is written for every
+/// four bytes of journal instead of one. The price is the journal replayed after a crash: up
+/// to two segments of this size (records are applied as they are read, so it costs time, not
+/// memory: 0.4 s for 56 MB here).
+const JOURNAL_PER_STATE: u64 = 4;
 
 impl StateFile {
     /// Takes the file's lock, then loads the table (creating an empty file if there is none)
@@ -210,7 +221,7 @@ impl StateFile {
             .map_err(|e| io_err("reading its history file", e))?;
         table.load_history(std::mem::take(&mut history_read.entries), history_max);
         // Each record is applied as it is read: loading holds the table and one record, not
-        // the journal.
+        // the journal (up to four times the state file's size, see `threshold`).
         let replay = journal::read(&segments, table.revision, |record| {
             match record {
                 // A crash after the state file was written may have kept these entries from
@@ -366,7 +377,8 @@ impl StateFile {
     }
 
     fn threshold(&self) -> u64 {
-        self.min_compaction_len.max(self.snapshot_len)
+        self.min_compaction_len
+            .max(self.snapshot_len.saturating_mul(JOURNAL_PER_STATE))
     }
 
     /// Makes a compaction due from `len` bytes of journal on (for tests).
