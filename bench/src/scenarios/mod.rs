@@ -690,15 +690,7 @@ impl Bench {
         let first = server.started_in;
         let cpu = server.cpu_time()?;
         let rss = servers::peak_rss(server.pid())?;
-        let mut conn = Connection::connect(server.addr).await?;
-        let status = conn
-            .send(&request("GET", "/lock/held-050000", None, false))
-            .await?;
-        if status != 200 || !String::from_utf8_lossy(conn.body()).contains("key-50000") {
-            bail!(
-                "the server did not load the 100,000 locks after the crash: GET /lock/held-050000 answered {status}"
-            );
-        }
+        connect_to_held_locks(&server, "after the crash").await?;
         let mut row = Row::plain(
             "7c",
             &format!(
@@ -731,15 +723,7 @@ impl Bench {
         let rss_start = servers::peak_rss(server.pid())?;
         let cpu_start = server.cpu_time()?;
 
-        let mut conn = Connection::connect(server.addr).await?;
-        let status = conn
-            .send(&request("GET", "/lock/held-050000", None, false))
-            .await?;
-        if status != 200 || !String::from_utf8_lossy(conn.body()).contains("key-50000") {
-            bail!(
-                "the server did not load the 100,000-lock file: GET /lock/held-050000 answered {status}"
-            );
-        }
+        let mut conn = connect_to_held_locks(server, "from its file").await?;
         let began = Instant::now();
         let put = request("PUT", "/lock/bench-0", Some(r#"{"key":"k"}"#), false);
         let status = conn.send(&put).await?;
@@ -949,6 +933,21 @@ fn read_all_locks(
             Ok(())
         })
     })
+}
+
+/// A connection to `server`, once it serves one of the 100,000 held locks of the start-up
+/// scenarios; fails, saying `when` it should have loaded them, if it does not.
+async fn connect_to_held_locks(server: &Locker, when: &str) -> anyhow::Result<Connection> {
+    let mut conn = Connection::connect(server.addr).await?;
+    let status = conn
+        .send(&request("GET", "/lock/held-050000", None, false))
+        .await?;
+    if status != 200 || !String::from_utf8_lossy(conn.body()).contains("key-50000") {
+        bail!(
+            "the server did not load the 100,000 locks {when}: GET /lock/held-050000 answered {status}"
+        );
+    }
+    Ok(conn)
 }
 
 /// Server CPU microseconds per request, over warm-up and measurement (both were loaded); "n/a"
