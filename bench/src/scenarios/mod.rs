@@ -39,7 +39,6 @@ const EXPIRY_STORM: usize = 10_000;
 /// How many times the state file's size of journal the crashed server of scenario 7c leaves
 /// (it folds the journal in at four).
 const CRASH_JOURNAL_PER_STATE: u64 = 3;
-
 /// Held locks in the reader scenario: `GET /locks` of this many runs in a loop.
 const READER_TABLE: usize = 100_000;
 /// Held locks on the server the resource processes talk to.
@@ -60,7 +59,7 @@ pub struct Settings {
 /// A locker server and the directory it lives in (dropped after the server stops).
 struct Running {
     server: Locker,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// One run of some scenarios; results of earlier scenarios feed later comparisons.
@@ -156,7 +155,7 @@ impl Bench {
             database: None,
         })
         .await?;
-        Ok(Running { server, _dir: dir })
+        Ok(Running { server, dir })
     }
 
     /// As [`Bench::measure`], also returning the CPU time `server` spent meanwhile.
@@ -649,7 +648,7 @@ impl Bench {
         let file = self.work.path().join("startup.yml");
         let level = self.settings.log_level.clone();
         let running = self.locker(Some(&file), &level).await?;
-        let dir = running._dir.path().to_owned();
+        let dir = running.dir.path().to_owned();
         let state_len = fs::metadata(dir.join("locker.yml"))?.len();
         let journal_len = || -> u64 {
             ["locker.yml.journal", "locker.yml.journal.2"]
@@ -675,7 +674,7 @@ impl Bench {
             load::run(CLIENTS, |i| OwnLockCycle::connect(addr, i), second)?;
         }
         // The directory stays until the restarted server is done with it.
-        let Running { server, _dir: kept } = running;
+        let Running { server, dir: kept } = running;
         server.kill()?;
         let journal = journal_len();
 

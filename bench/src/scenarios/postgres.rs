@@ -144,7 +144,7 @@ impl Bench {
         .await?;
         // The listener connects in the background; give it a moment before load starts.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok(Running { server, _dir: dir })
+        Ok(Running { server, dir })
     }
 }
 

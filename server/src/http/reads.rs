@@ -48,8 +48,8 @@ pub(super) fn locks_json_stream(
     on_worker(pieces).right_stream()
 }
 
-/// Writes `pieces` on a new thread at a lower priority (see [`crate::background`]); fails when [`MAX_READER_THREADS`] run
-/// already or no thread can be started.
+/// Writes `pieces` on a new thread at a lower priority (see [`crate::background`]); fails
+/// when [`MAX_READER_THREADS`] run already or no thread can be started.
 fn on_reader_thread(
     pieces: LockPieces,
 ) -> io::Result<impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static> {

@@ -70,6 +70,15 @@ pub(super) struct SegmentRead {
     pub torn: Option<String>,
 }
 
+/// The segment at `path`, buffered for reading; `None` when there is no such file.
+fn open_segment(path: &Path) -> Result<Option<io::BufReader<File>>, String> {
+    match File::open(path) {
+        Ok(file) => Ok(Some(io::BufReader::with_capacity(1 << 16, file))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 /// Reads the segment at `path` (absent means empty) a record at a time, handing each intact
 /// one to `each`; stops at the first error `each` returns.
 pub(super) fn read_segment(
@@ -77,12 +86,9 @@ pub(super) fn read_segment(
     each: &mut dyn FnMut(Record) -> Result<(), String>,
 ) -> Result<SegmentRead, String> {
     let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SegmentRead::default()),
-        Err(e) => return Err(cannot(e)),
+    let Some(mut reader) = open_segment(path)? else {
+        return Ok(SegmentRead::default());
     };
-    let mut reader = io::BufReader::with_capacity(1 << 16, file);
     let mut read = SegmentRead {
         exists: true,
         ..SegmentRead::default()
@@ -221,12 +227,9 @@ fn rest_data_end(
 /// one (a segment without one is read first; reading it whole tells what is wrong with it).
 fn first_revision(path: &Path) -> Result<Option<u64>, String> {
     let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cannot(e)),
+    let Some(mut reader) = open_segment(path)? else {
+        return Ok(None);
     };
-    let mut reader = io::BufReader::with_capacity(1 << 16, file);
     if at_nul_or_end(&mut reader).map_err(cannot)? {
         return Ok(None);
     }

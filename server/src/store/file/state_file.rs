@@ -23,11 +23,11 @@
 //!
 //! Each batch of changes is appended to a journal next to the file (two segments,
 //! `<file>.journal` and `<file>.journal.2`, see [`super::journal`]) and fsynced. When the live
-//! segment has grown past four times the state file, the writer switches to the other segment and the
-//! compaction thread ([`super::compaction`]) writes the whole table into the state file: to a
-//! temporary file in the same directory, which is fsynced, renamed over the state file, and
-//! followed by an fsync of the directory, so the file on disk is always either the previous
-//! state or the new one. At shutdown the writer waits for a running compaction and folds
+//! segment has grown past four times the state file, the writer switches to the other segment
+//! and the compaction thread ([`super::compaction`]) writes the whole table into the state
+//! file: to a temporary file in the same directory, which is fsynced, renamed over the state
+//! file, and followed by an fsync of the directory, so the file on disk is always either the
+//! previous state or the new one. At shutdown the writer waits for a running compaction and folds
 //! everything into the state file itself, then removes both segments: after a clean shutdown
 //! the state file alone holds everything. A sidecar `<file>.lock` is held with an exclusive
 //! lock for the life of the process; the state file itself can't carry the lock because each
