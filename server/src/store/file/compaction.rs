@@ -9,13 +9,18 @@
 //! 1. writes the table into a new state file: a temporary file, fsynced, renamed over the
 //!    state file, then the directory fsynced;
 //! 2. makes the history file durable with the entries the old segment carried;
-//! 3. only then replaces the old segment with a fresh, empty one (created and fsynced under a
-//!    temporary name, renamed over it, the directory fsynced), which it hands back, open, as
-//!    the next spare.
+//! 3. only then hands the old segment back, open, as the next spare: its records are all in the
+//!    state file now, and new ones will be written over them. Writing over a file's existing
+//!    bytes spares each append's fsync a new file size to commit (on the benchmark's disk an
+//!    fdatasync took about 150 µs over existing bytes against 225 µs appending). A segment that
+//!    has grown past twice the compaction threshold (the table shrank) is replaced instead by
+//!    a fresh, empty one (created and fsynced under a temporary name, renamed over it, the
+//!    directory fsynced).
 //!
-//! A crash at any point leaves the old segment in place until the state file and the history
-//! file hold what it held, so loading replays it (or skips its records, which are at or below
-//! the new state file's revision). One job runs at a time; the writer hands over the next only
+//! A crash at any point leaves the old segment's records in place until the state file and
+//! the history file hold what they held, so loading replays them (or skips them, as they are at
+//! or below the new state file's revision); see [`super::journal`] for how the records of a
+//! reused segment are told from what its earlier use left after them. One job runs at a time; the writer hands over the next only
 //! once the last is done. A failed job is logged and tried again after a pause, and never fails
 //! a batch; at shutdown it is given up, and the writer folds everything itself.
 
@@ -27,7 +32,6 @@ use std::thread;
 use std::time::Duration;
 
 use super::history::HistoryFile;
-use super::journal::write_zeros;
 use super::state_file::render;
 use crate::domain::{Changes, Entry, LockTable};
 
@@ -87,9 +91,20 @@ impl Files {
         history.sync(&kept)
     }
 
-    /// Replaces the segment at `path` (or creates it) with a fresh one of `len` zeros, its
-    /// name durable; returns it open for writing.
-    pub fn fresh_segment(&self, path: &Path, len: u64) -> io::Result<File> {
+    /// The folded segment at `path`, open to be written over again, unless it is longer than
+    /// `reuse_up_to` bytes (or gone): then a fresh, empty one replaces it.
+    pub fn reuse_segment(&self, path: &Path, reuse_up_to: u64) -> io::Result<File> {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) if file.metadata()?.len() <= reuse_up_to => Ok(file),
+            Ok(_) => self.fresh_segment(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.fresh_segment(path),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the segment at `path` (or creates it) with a fresh, empty one, its name
+    /// durable; returns it open for writing.
+    pub fn fresh_segment(&self, path: &Path) -> io::Result<File> {
         let written = (|| {
             let tmp = OpenOptions::new()
                 .read(true)
@@ -97,7 +112,6 @@ impl Files {
                 .create(true)
                 .truncate(true)
                 .open(&self.segment_tmp_path)?;
-            write_zeros(&tmp, 0, len)?;
             tmp.sync_all()?;
             fs::rename(&self.segment_tmp_path, path)?;
             self.dir.sync_all()?;
@@ -113,22 +127,23 @@ impl Files {
 /// Work for the compaction thread.
 #[derive(Debug)]
 pub(super) enum Job {
-    /// Write `table` into the state file, the history with it, then replace the segment at
-    /// `old` (whose records are all at or below the table's revision) with `spare_len` zeros.
+    /// Write `table` into the state file, the history with it, then hand back the segment at
+    /// `old` (whose records are all at or below the table's revision) to be written over, or
+    /// a fresh one if it is longer than `reuse_up_to` bytes.
     Fold {
         table: LockTable,
         old: PathBuf,
-        spare_len: u64,
+        reuse_up_to: u64,
     },
-    /// Create the segment at `path` (which holds no record) as `len` zeros.
-    Prepare { path: PathBuf, len: u64 },
+    /// Create the segment at `path` (which holds no record), empty.
+    Prepare { path: PathBuf },
 }
 
 /// What a job came to.
 #[derive(Debug)]
 pub(super) enum Done {
     /// The state file holds the table (it is `snapshot_len` bytes long) and `spare` is the
-    /// fresh segment that replaced the old one.
+    /// old segment, to be written over (or a fresh one that replaced it).
     Folded { snapshot_len: u64, spare: File },
     /// `spare` is the segment that was asked for.
     Prepared { spare: File },
@@ -243,18 +258,18 @@ fn attempt(files: &Files, job: &Job) -> io::Result<Done> {
         Job::Fold {
             table,
             old,
-            spare_len,
+            reuse_up_to,
         } => {
             let snapshot_len = files.write_state(table, &Changes::default(), 1 << 16)?;
             files.sync_history(table, &[])?;
-            let spare = files.fresh_segment(old, *spare_len)?;
+            let spare = files.reuse_segment(old, *reuse_up_to)?;
             Ok(Done::Folded {
                 snapshot_len,
                 spare,
             })
         }
-        Job::Prepare { path, len } => Ok(Done::Prepared {
-            spare: files.fresh_segment(path, *len)?,
+        Job::Prepare { path } => Ok(Done::Prepared {
+            spare: files.fresh_segment(path)?,
         }),
     }
 }

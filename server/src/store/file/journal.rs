@@ -17,17 +17,21 @@
 //! written on), so a missing record shows as a gap; records written before it have none.
 //!
 //! There are two segments, `<file>.journal` and `<file>.journal.2`, written in turn: one takes
-//! new batches while the other is folded into the state file and then replaced by a fresh,
-//! empty one. Which is which is told by their records (the older holds lower revisions).
-//! Records are written in place after the last one; a segment may end in zeros written ahead of
-//! time (which spares the fsync after an append a new file size to commit; see
-//! `StateFile::segment_len` for why none are written now). A record never starts with a NUL
-//! byte, so the records end at the first one (or at the end of the file).
+//! new batches while the other is folded into the state file, after which it is written over
+//! from its start (see [`super::compaction`] for why). Which is which is told by their first
+//! records (the older holds lower revisions).
+//!
+//! So a segment's records are those from its start whose revisions rise. They end at a NUL
+//! byte (a record never starts with one), at the end of the file, at a line that is not an
+//! intact record, or at an intact record whose revision is not above the one before it: what
+//! an earlier use of the file left. Everything an earlier use left is at or below the state
+//! file's revision, since a segment is written over only once folded.
 //!
 //! A record is acknowledged only after it is fsynced; a crash in the middle of an append leaves
-//! an incomplete last record (followed by zeros or by the end of the file), which was never
-//! acknowledged and is dropped on load. A damaged or incomplete record followed by an intact
-//! one is real damage, and loading stops with an error naming the file and line.
+//! an incomplete last record (followed by zeros, the end of the file, or an earlier use's
+//! bytes), which was never acknowledged and is dropped on load. An intact record above the
+//! state file's revision after the end of the records is real damage (nothing else leaves
+//! one), and loading stops with an error naming the file and line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead};
@@ -63,8 +67,9 @@ pub(super) struct SegmentRead {
     pub exists: bool,
     /// Bytes of intact records; writing goes on from here.
     pub good_len: u64,
-    /// The end of the last byte that is not zero: `good_len..data_end` holds an incomplete
-    /// record, to be zeroed before anything is written there.
+    /// The end of the incomplete record that follows them, if one does (an interrupted
+    /// append): `good_len..data_end` is zeroed before anything is written there. Records of an
+    /// earlier use of the file may lie further on; they are left as they are.
     pub data_end: u64,
     /// Why the records end before `data_end`, when they do (an interrupted append).
     pub torn: Option<String>,
@@ -79,10 +84,27 @@ fn open_segment(path: &Path) -> Result<Option<io::BufReader<File>>, String> {
     }
 }
 
+/// Why a segment's records end.
+enum End {
+    /// Zeros, or the end of the file.
+    Zeros,
+    /// An intact record whose revision is not above the one before it: the first of those
+    /// left by an earlier use of the file.
+    Earlier,
+    /// A line that is not an intact record: an interrupted append, or damage.
+    NotARecord(String),
+}
+
 /// Reads the segment at `path` (absent means empty) a record at a time, handing each intact
 /// one to `each`; stops at the first error `each` returns.
+///
+/// The records are the ones from the start of the file whose revisions rise. A segment is
+/// reused once folded (see [`super::compaction`]), so what follows them may be records of an
+/// earlier use, all at or below `folded` (the state file's revision): those are passed over.
+/// An intact record above `folded` after the end of the records is damage, and an error.
 pub(super) fn read_segment(
     path: &Path,
+    folded: u64,
     each: &mut dyn FnMut(Record) -> Result<(), String>,
 ) -> Result<SegmentRead, String> {
     let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
@@ -96,42 +118,52 @@ pub(super) fn read_segment(
     let mut piece = Vec::new();
     let mut offset = 0u64;
     let mut line = 0usize;
-    // The records, up to the zeros, the end of the file, or a line that is not one.
+    let mut previous: Option<u64> = None;
     let end = loop {
         if at_nul_or_end(&mut reader).map_err(cannot)? {
-            break None;
+            break End::Zeros;
         }
         line += 1;
         let complete = next_piece(&mut reader, &mut piece).map_err(cannot)?;
         if !complete {
-            break Some("an incomplete record".to_string());
+            break End::NotARecord("an incomplete record".to_string());
         }
         match parse_record(&piece[..piece.len() - 1]) {
+            Ok((changes, _)) if previous.is_some_and(|p| changes.revision <= p) => {
+                let revision = changes.revision;
+                if revision > folded {
+                    return Err(format!(
+                        "{} line {line}: revision {revision} does not follow {}",
+                        path.display(),
+                        previous.unwrap_or_default()
+                    ));
+                }
+                break End::Earlier;
+            }
             Ok((changes, after)) => {
                 offset += piece.len() as u64;
+                previous = Some(changes.revision);
                 each(Record {
                     line,
                     changes,
                     after,
                 })?;
             }
-            Err(reason) => break Some(reason),
+            Err(reason) => break End::NotARecord(reason),
         }
     };
     read.good_len = offset;
     read.data_end = offset;
-    let Some(reason) = end else {
-        // Zeros (or nothing) follow; check that they are all zeros.
-        read.data_end = offset + rest_data_end(&mut reader, path, line, "zeros")?;
-        return Ok(read);
+    let why = match end {
+        End::Zeros => "zeros".to_string(),
+        End::Earlier => "an earlier record".to_string(),
+        End::NotARecord(reason) => {
+            read.data_end = offset + trimmed_len(&piece) as u64;
+            read.torn = Some(format!("line {line}: {reason}"));
+            reason
+        }
     };
-    // What follows a line that is not a record must hold no intact record.
-    let rest = rest_data_end(&mut reader, path, line, &reason)?;
-    read.data_end = offset + piece.len() as u64 + rest;
-    if rest == 0 {
-        read.data_end = offset + trimmed_len(&piece) as u64;
-    }
-    read.torn = Some(format!("line {line}: {reason}"));
+    check_rest(&mut reader, path, line, &why, folded)?;
     Ok(read)
 }
 
@@ -175,37 +207,35 @@ fn next_piece(reader: &mut impl BufRead, piece: &mut Vec<u8>) -> io::Result<bool
     }
 }
 
-/// Reads the rest of a segment after its records ended at line `line` (for `why`): returns
-/// how far from here its last byte that is not zero lies (0 when all are zeros), or an error
-/// when an intact record lies there, which an interrupted append cannot leave.
-fn rest_data_end(
+/// Reads the rest of a segment after its records ended at line `line` (for `why`): an error
+/// when an intact record above `folded` lies there, which neither an interrupted append nor
+/// an earlier use of the file can leave.
+fn check_rest(
     reader: &mut impl BufRead,
     path: &Path,
     line: usize,
     why: &str,
-) -> Result<u64, String> {
+    folded: u64,
+) -> Result<(), String> {
     let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
-    let mut pos = 0u64;
-    let mut data_end = 0u64;
     let mut piece = Vec::new();
     loop {
         let buf = reader.fill_buf().map_err(cannot)?;
         if buf.is_empty() {
-            return Ok(data_end);
+            return Ok(());
         }
         match buf.iter().position(|&b| b != 0) {
             None => {
                 let n = buf.len();
-                pos += n as u64;
                 reader.consume(n);
             }
             Some(i) => {
-                pos += i as u64;
                 reader.consume(i);
                 let complete = next_piece(reader, &mut piece).map_err(cannot)?;
-                pos += piece.len() as u64;
-                data_end = pos;
-                if complete && parse_record(&piece[..piece.len() - 1]).is_ok() {
+                let revision = complete
+                    .then(|| revision_of(&piece[..piece.len() - 1]))
+                    .flatten();
+                if revision.is_some_and(|r| r > folded) {
                     return Err(match why {
                         "zeros" => format!(
                             "{} holds an intact record after the zeros that end line {line}: the segment is damaged",
@@ -221,6 +251,25 @@ fn rest_data_end(
             }
         }
     }
+}
+
+/// The revision of an intact record line (without its newline), or `None` for a line that is
+/// not one. Cheaper than [`parse_record`]: the checksum, then the revision, which the server
+/// writes first.
+fn revision_of(line: &[u8]) -> Option<u64> {
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    if line[8] != b' ' || !crc.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if crc != crc32fast::hash(json) {
+        return None;
+    }
+    let first = json.strip_prefix(b"{\"revision\":").and_then(|rest| {
+        let len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&rest[..len]).ok()?.parse().ok()
+    });
+    first.or_else(|| parse_record(line).ok().map(|(changes, _)| changes.revision))
 }
 
 /// The revision of the first record in the segment at `path`, if it starts with an intact
@@ -291,7 +340,7 @@ pub(super) fn read(
     let mut applied: Option<u64> = None;
     for i in order {
         let path = &paths[i];
-        replay.segments[i] = read_segment(path, &mut |record| {
+        replay.segments[i] = read_segment(path, after_revision, &mut |record| {
             let revision = record.changes.revision;
             if revision <= last_revision {
                 return Err(format!(
@@ -411,15 +460,16 @@ impl Serialize for ChangedLocks<'_> {
     }
 }
 
-/// The segment taking new batches: records are written in place over its zeros (or appended
-/// past them) and fsynced.
+/// The segment taking new batches: records are written in place over what the file holds
+/// (zeros, or an earlier use's records), or appended past its end, and fsynced.
 #[derive(Debug)]
 pub(super) struct Segment {
     path: PathBuf,
     file: File,
     /// Bytes of intact records: the next one is written here.
     len: u64,
-    /// The file's length when nothing is being written: `len..capacity` is zeros.
+    /// The file's length when nothing is being written: `len..capacity` holds no record of
+    /// this use (zeros, or an earlier use's records).
     capacity: u64,
     /// Set when a failed write could not be undone; the next append retries.
     dirty: bool,
@@ -438,7 +488,9 @@ impl Segment {
         Segment::resume(path, file, good_len, data_end)
     }
 
-    /// Takes an open segment file with no record in it (empty, or zeros), its name durable.
+    /// Takes an open segment file, its name durable, that holds no record above the state
+    /// file's revision (empty, zeros, or records folded into the state file): they are written
+    /// over from its start.
     pub fn fresh(path: &Path, file: File) -> io::Result<Segment> {
         Segment::resume(path, file, 0, 0)
     }
@@ -509,7 +561,7 @@ impl Segment {
 }
 
 /// Writes `len` zeros at `offset`.
-pub(super) fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK.min(len as usize)];
     let mut done = 0u64;
@@ -735,6 +787,149 @@ mod tests {
         // Without the older segment, the state file must hold what it held.
         std::fs::remove_file(&paths[0]).unwrap();
         assert!(read_all(&paths, 0).is_err(), "a missing segment is refused");
+    }
+
+    /// Batches 1 to 6, written once and folded (the state file is at 6), then batches 7 to 9
+    /// written over them from the segment's start.
+    fn reused_segment() -> (Vec<Changes>, Vec<Changes>, Vec<u8>, Vec<u8>) {
+        let mut table = LockTable::default();
+        let earlier: Vec<Changes> = (0..6)
+            .map(|i| {
+                batch(
+                    &mut table,
+                    &format!("earlier-{i}-{}", "e".repeat(40)),
+                    Op::Lock,
+                )
+            })
+            .collect();
+        let later: Vec<Changes> = (0..3)
+            .map(|i| batch(&mut table, &format!("l{i}"), Op::Lock))
+            .collect();
+        let old = journal_of(&earlier, 0);
+        let new = journal_of(&later, earlier[5].revision);
+        assert!(
+            new.len() < old.len() / 2,
+            "the new records leave earlier ones after them"
+        );
+        (earlier, later, old, new)
+    }
+
+    #[test]
+    fn a_reused_segment_loads_its_new_records_at_every_cut_and_passes_over_the_earlier_ones() {
+        let (earlier, later, old, new) = reused_segment();
+        let folded = earlier[5].revision;
+        let ends: Vec<usize> = later
+            .iter()
+            .scan((0, folded), |(len, after), changes| {
+                *len += encode(changes, *after).unwrap().len();
+                *after = changes.revision;
+                Some(*len)
+            })
+            .collect();
+        // The new records as far as an interrupted write got, the earlier ones after them.
+        for cut in 0..=new.len() {
+            let mut bytes = new[..cut].to_vec();
+            bytes.extend_from_slice(&old[cut..]);
+            let replay = read_one(&bytes, folded)
+                .unwrap_or_else(|e| panic!("new records cut at {cut}: {e}"));
+            let whole = ends.iter().filter(|&&end| end <= cut).count();
+            assert_eq!(replay.batches, later[..whole], "cut at {cut}");
+            if cut == 0 {
+                assert_eq!(
+                    replay.folded, earlier,
+                    "untouched, it is the folded segment"
+                );
+            } else {
+                assert!(
+                    replay.folded.is_empty(),
+                    "cut at {cut}: earlier records are passed over"
+                );
+            }
+            let good_len = match cut {
+                0 => old.len(),
+                _ => ends[..whole].last().copied().unwrap_or(0),
+            };
+            assert_eq!(replay.segments[0].good_len, good_len as u64, "cut at {cut}");
+            assert_eq!(
+                replay.last_revision,
+                later[..whole].last().map_or(folded, |c| c.revision)
+            );
+
+            // Writing goes on after the records, and all of them load.
+            let dir = tempfile::tempdir().unwrap();
+            let paths = segments(dir.path());
+            std::fs::write(&paths[0], &bytes).unwrap();
+            let replay = read_all(&paths, folded).unwrap();
+            let read0 = &replay.segments[0];
+            let mut segment = Segment::open(&paths[0], read0.good_len, read0.data_end).unwrap();
+            let mut table = LockTable::default();
+            for changes in earlier.iter().chain(&later[..whole]) {
+                table.commit(changes.clone());
+            }
+            let next = batch(&mut table, "next", Op::Lock);
+            segment
+                .append(&encode(&next, replay.last_revision).unwrap())
+                .unwrap();
+            let replay = read_all(&paths, folded)
+                .unwrap_or_else(|e| panic!("cut at {cut}, one more record: {e}"));
+            let mut expected = later[..whole].to_vec();
+            if cut == 0 {
+                expected.clear();
+            }
+            expected.push(next);
+            assert_eq!(replay.batches, expected, "cut at {cut}, one more record");
+        }
+    }
+
+    #[test]
+    fn an_earlier_record_right_after_the_new_ones_ends_them() {
+        let (earlier, later, old, new) = reused_segment();
+        let folded = earlier[5].revision;
+        // The new records happened to end where an earlier one starts.
+        let boundary = encode(&earlier[0], 0).unwrap().len();
+        let mut bytes = new.clone();
+        bytes.extend_from_slice(&old[boundary..]);
+        let replay = read_one(&bytes, folded).unwrap();
+        assert_eq!(replay.batches, later);
+        assert!(replay.folded.is_empty(), "earlier records are passed over");
+        let segment = &replay.segments[0];
+        assert_eq!(
+            (segment.good_len, segment.data_end),
+            (new.len() as u64, new.len() as u64)
+        );
+        assert_eq!(segment.torn, None, "nothing was torn");
+        // Above the state file's revision, it cannot be an earlier use's.
+        let mut bytes = journal_of(&later, earlier[0].revision);
+        bytes.extend_from_slice(&old[boundary..]);
+        let err = read_one(&bytes, earlier[0].revision).unwrap_err();
+        assert!(
+            err.contains("line 4: revision 2 does not follow 9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn damage_in_a_reused_segment_is_still_refused() {
+        let (earlier, _, old, new) = reused_segment();
+        let folded = earlier[5].revision;
+        let mut bytes = new.clone();
+        bytes.extend_from_slice(&old[new.len()..]);
+        bytes[12] ^= 0x20;
+        let err = read_one(&bytes, folded).unwrap_err();
+        assert!(
+            err.contains("line 1 is damaged (checksum mismatch) and more records follow it"),
+            "a new record after a damaged one: {err}"
+        );
+        // An earlier record above the state file's revision: the state file does not hold it,
+        // so it cannot be an earlier use's.
+        let (_, later, _, _) = reused_segment();
+        let mut bytes = journal_of(&later, earlier[3].revision);
+        bytes.extend_from_slice(&old[bytes.len()..]);
+        let err = read_one(&bytes, earlier[3].revision).unwrap_err();
+        assert!(
+            err.contains("line 4 is damaged") && err.contains("more records follow it"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -180,4 +180,52 @@ mod tests {
         assert_eq!(backend.table.without_history(), table.without_history());
         assert_eq!(backend.table.history(), table.history());
     }
+
+    #[test]
+    fn folded_segments_are_written_over_and_load_after_a_crash_at_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.yml");
+        let (mut backend, _) = FileBackend::open_keeping(&path, 1000).unwrap();
+        backend.file.compact_from(4096);
+        let mut written_over = 0;
+        for i in 0..400 {
+            let op = if i % 3 == 2 { Op::Unlock } else { Op::Lock };
+            lock(
+                &mut backend,
+                &format!("l{}-{}", i % 11, "n".repeat(i % 50)),
+                "k",
+                op,
+            );
+            backend.file.wait_for_compaction();
+            // A crash now: the files as they are.
+            let crashed = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let entry = entry.unwrap().path();
+                std::fs::copy(&entry, crashed.path().join(entry.file_name().unwrap())).unwrap();
+            }
+            let live = backend.file.live_segment();
+            let folded = state_revision(&path);
+            let read = journal::read_segment(live, folded, &mut |_| Ok(())).unwrap();
+            let bytes = std::fs::read(live).unwrap();
+            if bytes[read.good_len as usize..].iter().any(|&b| b != 0) {
+                written_over += 1;
+            }
+            let (loaded, _) = FileBackend::open_keeping(&crashed.path().join("locks.yml"), 1000)
+                .unwrap_or_else(|e| panic!("after batch {i}: {e}"));
+            assert_eq!(
+                loaded.table.without_history(),
+                backend.table.without_history(),
+                "after batch {i}"
+            );
+            assert_eq!(
+                loaded.table.history(),
+                backend.table.history(),
+                "after batch {i}"
+            );
+        }
+        assert!(
+            written_over > 20,
+            "the live segment was a folded one, written over, after {written_over} batches of 400"
+        );
+    }
 }

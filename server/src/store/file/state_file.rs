@@ -257,7 +257,7 @@ impl StateFile {
             }
             if let Some(torn) = &read.torn {
                 tracing::warn!(
-                    "dropping an incomplete last record of {} ({torn}) left by an interrupted write (it was never acknowledged)",
+                    "dropping what follows the last intact record of {} ({torn}): an interrupted write, never acknowledged, or what the segment's earlier use left",
                     segment.display()
                 );
             }
@@ -316,7 +316,7 @@ impl StateFile {
             let job = Job::Fold {
                 table: table.clone(),
                 old: file.segments[other].clone(),
-                spare_len: file.segment_len(),
+                reuse_up_to: file.reuse_up_to(),
             };
             file.compactor.submit(job);
         } else if other_read.exists {
@@ -387,6 +387,12 @@ impl StateFile {
         self.min_compaction_len = len;
     }
 
+    /// The path of the segment taking new batches (for tests).
+    #[cfg(test)]
+    pub(super) fn live_segment(&self) -> &Path {
+        self.live.path()
+    }
+
     /// Waits for the running compaction, if any, to end (for tests).
     #[cfg(test)]
     pub(super) fn wait_for_compaction(&mut self) {
@@ -395,15 +401,11 @@ impl StateFile {
         }
     }
 
-    /// How many zeros a new segment gets written ahead of time: none. Zeros over which records
-    /// are written in place spare the fsync after an append a file size to commit (a probe
-    /// here: 35-45 % less per fdatasync), but in the benchmark the tail latency got worse with
-    /// them (writing 1.5 times the compaction threshold of zeros competes with the appends for
-    /// the disk), so segments grow as they are written. The reader and the writer handle
-    /// zeros after the records either way; to measure it again, return
-    /// `(threshold + threshold / 2).next_multiple_of(1 << 20).min(64 << 20)` here.
-    fn segment_len(&self) -> u64 {
-        0
+    /// How long a folded segment may be and still be reused: twice the threshold. A segment
+    /// grows a little past the threshold before it is folded; one much longer was written for
+    /// a larger table.
+    fn reuse_up_to(&self) -> u64 {
+        self.threshold().saturating_mul(2)
     }
 
     fn take(&mut self, done: Done) {
@@ -424,7 +426,6 @@ impl StateFile {
     fn prepare_spare(&mut self) {
         let job = Job::Prepare {
             path: self.segments[1 - self.live_index].clone(),
-            len: self.segment_len(),
         };
         self.compactor.submit(job);
     }
@@ -440,7 +441,7 @@ impl StateFile {
                 self.compactor.submit(Job::Fold {
                     table: table.clone(),
                     old: old.path().to_owned(),
-                    spare_len: self.segment_len(),
+                    reuse_up_to: self.reuse_up_to(),
                 });
             }
             Err(e) => {
