@@ -20,9 +20,10 @@
 //! A crash at any point leaves the old segment's records in place until the state file and
 //! the history file hold what they held, so loading replays them (or skips them, as they are at
 //! or below the new state file's revision); see [`super::journal`] for how the records of a
-//! reused segment are told from what its earlier use left after them. One job runs at a time; the writer hands over the next only
-//! once the last is done. A failed job is logged and tried again after a pause, and never fails
-//! a batch; at shutdown it is given up, and the writer folds everything itself.
+//! reused segment are told from what its earlier use left after them. One job runs at a time;
+//! the writer hands over the next only once the last is done. A failed job is logged and tried
+//! again after a pause, and never fails a batch; at shutdown it is given up, and the writer
+//! folds everything itself.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
