@@ -14,7 +14,7 @@
 //!    bytes spares each append's fsync a new file size to commit (on the benchmark's disk an
 //!    fdatasync took about 150 µs over existing bytes against 225 µs appending). A segment that
 //!    has grown past twice the compaction threshold (the table shrank) is replaced instead by
-//!    a fresh, empty one (created and fsynced under a temporary name, renamed over it, the
+//!    a fresh one of zeros (created and fsynced under a temporary name, renamed over it, the
 //!    directory fsynced).
 //!
 //! A crash at any point leaves the old segment's records in place until the state file and
@@ -33,6 +33,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::history::HistoryFile;
+use super::journal::fill_new_segment;
 use super::state_file::render;
 use crate::domain::{Changes, Entry, LockTable};
 
@@ -93,7 +94,7 @@ impl Files {
     }
 
     /// The folded segment at `path`, open to be written over again, unless it is longer than
-    /// `reuse_up_to` bytes (or gone): then a fresh, empty one replaces it.
+    /// `reuse_up_to` bytes (or gone): then a fresh one replaces it.
     pub fn reuse_segment(&self, path: &Path, reuse_up_to: u64) -> io::Result<File> {
         match OpenOptions::new().read(true).write(true).open(path) {
             Ok(file) if file.metadata()?.len() <= reuse_up_to => Ok(file),
@@ -103,8 +104,8 @@ impl Files {
         }
     }
 
-    /// Replaces the segment at `path` (or creates it) with a fresh, empty one, its name
-    /// durable; returns it open for writing.
+    /// Replaces the segment at `path` (or creates it) with a fresh one (of zeros, see
+    /// [`fill_new_segment`]), its name durable; returns it open for writing.
     pub fn fresh_segment(&self, path: &Path) -> io::Result<File> {
         let written = (|| {
             let tmp = OpenOptions::new()
@@ -113,6 +114,7 @@ impl Files {
                 .create(true)
                 .truncate(true)
                 .open(&self.segment_tmp_path)?;
+            fill_new_segment(&tmp)?;
             tmp.sync_all()?;
             fs::rename(&self.segment_tmp_path, path)?;
             self.dir.sync_all()?;
@@ -136,7 +138,7 @@ pub(super) enum Job {
         old: PathBuf,
         reuse_up_to: u64,
     },
-    /// Create the segment at `path` (which holds no record), empty.
+    /// Create the segment at `path` (which holds no record), as zeros.
     Prepare { path: PathBuf },
 }
 

@@ -50,6 +50,13 @@ use std::collections::BTreeMap;
 /// the single journal that earlier versions wrote.
 pub(super) const SEGMENT_SUFFIXES: [&str; 2] = ["journal", "journal.2"];
 
+/// How long a new segment is made, in zeros, so that even its first records are written over
+/// bytes the file has: an fdatasync that must also write a new file size costs a second I/O
+/// (BENCHMARKS.md, seventh session). A segment holds at least this much before it is folded, and
+/// is then written over, so after this, only a table large enough for a longer threshold
+/// grows a segment.
+pub(super) const NEW_SEGMENT_LEN: u64 = 1 << 20;
+
 /// One record as read.
 #[derive(Debug)]
 pub(super) struct Record {
@@ -478,6 +485,7 @@ pub(super) struct Segment {
 impl Segment {
     /// Opens (or creates) the segment at `path` to write after its `good_len` bytes of
     /// records, zeroing what lies up to `data_end` (an interrupted append).
+    /// A new (or empty) one is made [`NEW_SEGMENT_LEN`] zeros long first.
     pub fn open(path: &Path, good_len: u64, data_end: u64) -> io::Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
@@ -485,6 +493,9 @@ impl Segment {
             .create(true)
             .truncate(false)
             .open(path)?;
+        if file.metadata()?.len() == 0 {
+            fill_new_segment(&file)?;
+        }
         Segment::resume(path, file, good_len, data_end)
     }
 
@@ -558,6 +569,17 @@ impl Segment {
         self.dirty = false;
         Ok(())
     }
+}
+
+/// Makes the new, empty segment `file` [`NEW_SEGMENT_LEN`] zeros long, and durable, where the
+/// disk has the room; where it has not, leaves it empty (its records are then appended, which
+/// costs more per fsync but works as well).
+pub(super) fn fill_new_segment(file: &File) -> io::Result<()> {
+    if let Err(e) = write_zeros(file, 0, NEW_SEGMENT_LEN).and_then(|()| file.sync_all()) {
+        tracing::info!(error = %e, "a new journal segment stays empty, not made of zeros ahead");
+        file.set_len(0)?;
+    }
+    Ok(())
 }
 
 /// Writes `len` zeros at `offset`.

@@ -186,6 +186,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locks.yml");
         let (mut backend, _) = FileBackend::open_keeping(&path, 1000).unwrap();
+        // A new segment is made of zeros, and its first record does not grow it.
+        let live = backend.file.live_segment().to_owned();
+        let len = || std::fs::metadata(&live).unwrap().len();
+        assert_eq!(len(), journal::NEW_SEGMENT_LEN);
+        lock(&mut backend, "first", "k", Op::Lock);
+        assert_eq!(len(), journal::NEW_SEGMENT_LEN);
         backend.file.compact_from(4096);
         let mut written_over = 0;
         for i in 0..400 {

@@ -401,11 +401,13 @@ impl StateFile {
         }
     }
 
-    /// How long a folded segment may be and still be reused: twice the threshold. A segment
-    /// grows a little past the threshold before it is folded; one much longer was written for
-    /// a larger table.
+    /// How long a folded segment may be and still be reused: twice the threshold (and never
+    /// less than a new segment). A segment grows a little past the threshold before it is
+    /// folded; one much longer was written for a larger table.
     fn reuse_up_to(&self) -> u64 {
-        self.threshold().saturating_mul(2)
+        self.threshold()
+            .saturating_mul(2)
+            .max(journal::NEW_SEGMENT_LEN)
     }
 
     fn take(&mut self, done: Done) {
