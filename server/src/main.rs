@@ -47,7 +47,11 @@ fn serve() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(app::run(config, stop_signal())) {
+    let stop = {
+        let _runtime = runtime.enter();
+        stop_signal()
+    };
+    match runtime.block_on(app::run(config, stop)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
@@ -84,19 +88,26 @@ fn run_healthcheck() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed now, before anything is served
+/// (inside the runtime's context), not when the future is first polled: a signal that comes
+/// just after the first answers must stop the server cleanly, not kill it.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return std::future::pending().await;
+    let signals = signal(SignalKind::terminate())
+        .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+    async move {
+        match signals {
+            Ok((mut term, mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM and SIGINT: {e}");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        tracing::info!("stop signal received; finishing in-flight requests");
     }
-    tracing::info!("stop signal received; finishing in-flight requests");
 }
