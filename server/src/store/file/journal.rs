@@ -264,17 +264,10 @@ fn check_rest(
 /// not one. Cheaper than [`parse_record`]: the checksum, then the revision, which the server
 /// writes first.
 fn revision_of(line: &[u8]) -> Option<u64> {
-    let (crc, json) = (line.get(..8)?, line.get(9..)?);
-    if line[8] != b' ' || !crc.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
-    if crc != crc32fast::hash(json) {
-        return None;
-    }
-    let first = json.strip_prefix(b"{\"revision\":").and_then(|rest| {
-        let len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        std::str::from_utf8(&rest[..len]).ok()?.parse().ok()
+    let json = checked_json(line).ok()?;
+    let first = json.strip_prefix("{\"revision\":").and_then(|rest| {
+        let len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        rest[..len].parse().ok()
     });
     first.or_else(|| parse_record(line).ok().map(|(changes, _)| changes.revision))
 }
@@ -382,8 +375,8 @@ pub(super) fn read(
     Ok(replay)
 }
 
-/// Reads one record line (without its newline): the batch, and the revision it follows.
-fn parse_record(line: &[u8]) -> Result<(Changes, Option<u64>), String> {
+/// The JSON of a record line (without its newline), once its checksum is found right.
+fn checked_json(line: &[u8]) -> Result<&str, String> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
     let (crc, json) = text
         .split_once(' ')
@@ -392,6 +385,12 @@ fn parse_record(line: &[u8]) -> Result<(Changes, Option<u64>), String> {
     if crc.len() != 8 || crc32fast::hash(json.as_bytes()) != expected {
         return Err("checksum mismatch".into());
     }
+    Ok(json)
+}
+
+/// Reads one record line (without its newline): the batch, and the revision it follows.
+fn parse_record(line: &[u8]) -> Result<(Changes, Option<u64>), String> {
+    let json = checked_json(line)?;
     let record: StoredRecord =
         serde_json::from_str(json).map_err(|e| format!("not a journal record: {e}"))?;
     let mut locks = BTreeMap::new();
