@@ -161,16 +161,11 @@ pub(super) fn read_segment(
     };
     read.good_len = offset;
     read.data_end = offset;
-    let why = match end {
-        End::Zeros => "zeros".to_string(),
-        End::Earlier => "an earlier record".to_string(),
-        End::NotARecord(reason) => {
-            read.data_end = offset + trimmed_len(&piece) as u64;
-            read.torn = Some(format!("line {line}: {reason}"));
-            reason
-        }
-    };
-    check_rest(&mut reader, path, line, &why, folded)?;
+    if let End::NotARecord(reason) = &end {
+        read.data_end = offset + trimmed_len(&piece) as u64;
+        read.torn = Some(format!("line {line}: {reason}"));
+    }
+    check_rest(&mut reader, path, line, &end, folded)?;
     Ok(read)
 }
 
@@ -214,14 +209,14 @@ fn next_piece(reader: &mut impl BufRead, piece: &mut Vec<u8>) -> io::Result<bool
     }
 }
 
-/// Reads the rest of a segment after its records ended at line `line` (for `why`): an error
+/// Reads the rest of a segment after its records ended at line `line` (as `end` says): an error
 /// when an intact record above `folded` lies there, which neither an interrupted append nor
 /// an earlier use of the file can leave.
 fn check_rest(
     reader: &mut impl BufRead,
     path: &Path,
     line: usize,
-    why: &str,
+    end: &End,
     folded: u64,
 ) -> Result<(), String> {
     let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
@@ -243,17 +238,21 @@ fn check_rest(
                     .then(|| revision_of(&piece[..piece.len() - 1]))
                     .flatten();
                 if revision.is_some_and(|r| r > folded) {
-                    return Err(match why {
-                        "zeros" => format!(
-                            "{} holds an intact record after the zeros that end line {line}: the segment is damaged",
-                            path.display()
-                        ),
-                        _ => format!(
-                            "{} line {} is damaged ({why}) and more records follow it",
-                            path.display(),
-                            line.max(1)
-                        ),
-                    });
+                    let why = match end {
+                        End::Zeros => {
+                            return Err(format!(
+                                "{} holds an intact record after the zeros that end line {line}: the segment is damaged",
+                                path.display()
+                            ));
+                        }
+                        End::Earlier => "an earlier record",
+                        End::NotARecord(reason) => reason,
+                    };
+                    return Err(format!(
+                        "{} line {} is damaged ({why}) and more records follow it",
+                        path.display(),
+                        line.max(1)
+                    ));
                 }
             }
         }
